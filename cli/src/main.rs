@@ -1,0 +1,33 @@
+//! `outflow`: one binary for every server-side role and tool.
+//!
+//! Each subcommand's arguments and behaviour live in the crate that owns the
+//! role; this file only dispatches.
+
+use clap::{Parser, Subcommand};
+
+
+#[derive(Parser)]
+#[command(
+    name = "outflow",
+    version,
+    about = "Finds processes sending data out that they never normally send (MITRE AN1511), judged against the whole fleet."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result: anyhow::Result<std::process::ExitCode> = match cli.command {};
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("outflow: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

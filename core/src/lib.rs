@@ -1,0 +1,12 @@
+//! The Outflow engine: the telemetry model, app and destination
+//! classification, event-time windows, mergeable fleet baselines and scoring.
+//!
+//! No I/O, no clock, no async: every function takes the event time it acts
+//! at. The collector, the aggregator, `outflow replay` and `outflow demo` all
+//! run this one engine.
+
+pub mod telemetry;
+pub mod time;
+
+pub use telemetry::{Event, ParseError};
+pub use time::Timestamp;

@@ -1,0 +1,730 @@
+//! The telemetry contract (DESIGN.md section 2): one JSON object per line.
+//!
+//! Parsing is two-stage: a fast typed pass with borrowed strings, and, only
+//! when that fails, a slow pass over `serde_json::Value` that names the field
+//! that was wrong, so errors are precise without slowing the common case.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use crate::time::Timestamp;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostEvent {
+    pub ts: Timestamp,
+    pub host: String,
+    pub os: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProcessStart {
+    pub ts: Timestamp,
+    pub host: String,
+    pub pid: u32,
+    pub name: String,
+    pub ppid: Option<u32>,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    pub user: Option<String>,
+    pub parent_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessEnd {
+    pub ts: Timestamp,
+    pub host: String,
+    pub pid: u32,
+}
+
+/// A delta of bytes since the previous record for the same
+/// (host, pid, proto, dst_ip, dst_port); `ts` is the end of the interval.
+/// pid 0 means "no process known" (importers): attributed to app `unknown`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetRecord {
+    pub ts: Timestamp,
+    pub host: String,
+    pub pid: u32,
+    pub proto: Transport,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub sni: Option<String>,
+    pub domain: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsRecord {
+    pub ts: Timestamp,
+    pub host: String,
+    pub query: String,
+    pub answers: Vec<IpAddr>,
+    pub pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Host(HostEvent),
+    ProcessStart(ProcessStart),
+    ProcessEnd(ProcessEnd),
+    Net(NetRecord),
+    Dns(DnsRecord),
+}
+
+impl Event {
+    pub fn ts(&self) -> Timestamp {
+        match self {
+            Event::Host(e) => e.ts,
+            Event::ProcessStart(e) => e.ts,
+            Event::ProcessEnd(e) => e.ts,
+            Event::Net(e) => e.ts,
+            Event::Dns(e) => e.ts,
+        }
+    }
+    pub fn host(&self) -> &str {
+        match self {
+            Event::Host(e) => &e.host,
+            Event::ProcessStart(e) => &e.host,
+            Event::ProcessEnd(e) => &e.host,
+            Event::Net(e) => &e.host,
+            Event::Dns(e) => &e.host,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Host(_) => "host",
+            Event::ProcessStart(_) => "process_start",
+            Event::ProcessEnd(_) => "process_end",
+            Event::Net(_) => "net",
+            Event::Dns(_) => "dns",
+        }
+    }
+
+    /// The contract's JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        let mut out = String::with_capacity(160);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the contract's JSON object to `out` (no newline).
+    pub fn write_json(&self, out: &mut String) {
+        let mut w = JsonObj::new(out);
+        w.str("type", self.kind());
+        w.str("ts", &self.ts().to_rfc3339());
+        w.str("host", self.host());
+        match self {
+            Event::Host(e) => {
+                w.opt_str("os", e.os.as_deref());
+                if !e.labels.is_empty() {
+                    w.raw(
+                        "labels",
+                        &serde_json::to_string(&e.labels).unwrap_or_else(|_| "{}".into()),
+                    );
+                }
+            }
+            Event::ProcessStart(e) => {
+                w.num("pid", e.pid.into());
+                w.str("name", &e.name);
+                if let Some(p) = e.ppid {
+                    w.num("ppid", p.into());
+                }
+                w.opt_str("exe", e.exe.as_deref());
+                w.opt_str("cmdline", e.cmdline.as_deref());
+                w.opt_str("user", e.user.as_deref());
+                w.opt_str("parent_name", e.parent_name.as_deref());
+            }
+            Event::ProcessEnd(e) => w.num("pid", e.pid.into()),
+            Event::Net(e) => {
+                w.num("pid", e.pid.into());
+                if e.proto != Transport::Tcp {
+                    w.str("proto", e.proto.as_str());
+                }
+                w.str("dst_ip", &e.dst_ip.to_string());
+                w.num("dst_port", e.dst_port.into());
+                w.num("bytes_out", e.bytes_out);
+                w.num("bytes_in", e.bytes_in);
+                w.opt_str("sni", e.sni.as_deref());
+                w.opt_str("domain", e.domain.as_deref());
+            }
+            Event::Dns(e) => {
+                w.str("query", &e.query);
+                let answers: Vec<String> = e.answers.iter().map(|a| a.to_string()).collect();
+                w.raw(
+                    "answers",
+                    &serde_json::to_string(&answers).unwrap_or_else(|_| "[]".into()),
+                );
+                if let Some(p) = e.pid {
+                    w.num("pid", p.into());
+                }
+            }
+        }
+        w.finish();
+    }
+}
+
+struct JsonObj<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'a> JsonObj<'a> {
+    fn new(out: &'a mut String) -> Self {
+        out.push('{');
+        JsonObj { out, first: true }
+    }
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push('"');
+        self.out.push_str(k);
+        self.out.push_str("\":");
+    }
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        write_json_string(self.out, v);
+    }
+    fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            self.str(k, v);
+        }
+    }
+    fn num(&mut self, k: &str, v: u64) {
+        use fmt::Write;
+        self.key(k);
+        let _ = write!(self.out, "{v}");
+    }
+    fn raw(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.out.push_str(v);
+    }
+    fn finish(self) {
+        self.out.push('}');
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_string(out: &mut String, s: &str) {
+    use fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Why a line was rejected. `Display` gives a one-line reason naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("missing required field `{field}` for type `{kind}`")]
+    Missing { kind: String, field: &'static str },
+    #[error("field `{field}` {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("unknown event type {0:?} (expected host, process_start, process_end, net or dns)")]
+    UnknownType(String),
+    #[error("empty line")]
+    Empty,
+}
+
+impl ParseError {
+    /// A short, stable reason key for summaries (`missing_field`, `bad_json`…).
+    pub fn reason_key(&self) -> &'static str {
+        match self {
+            ParseError::NotJson(_) => "not_json",
+            ParseError::NotObject => "not_object",
+            ParseError::Missing { .. } => "missing_field",
+            ParseError::Invalid { .. } => "invalid_field",
+            ParseError::UnknownType(_) => "unknown_type",
+            ParseError::Empty => "empty_line",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawLine<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ts: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    host: Option<Cow<'a, str>>,
+    pid: Option<u32>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    ppid: Option<u32>,
+    #[serde(borrow)]
+    exe: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    cmdline: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    parent_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    dst_ip: Option<Cow<'a, str>>,
+    dst_port: Option<u16>,
+    bytes_out: Option<u64>,
+    bytes_in: Option<u64>,
+    #[serde(borrow)]
+    proto: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sni: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    domain: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    query: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    answers: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    os: Option<Cow<'a, str>>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+fn own(c: Option<Cow<'_, str>>) -> Option<String> {
+    c.map(Cow::into_owned)
+}
+
+/// Parses one line of telemetry JSONL.
+pub fn parse_line(line: &str) -> Result<Event, ParseError> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    match serde_json::from_str::<RawLine>(trimmed) {
+        Ok(raw) => from_raw(raw),
+        Err(_) => Err(diagnose(trimmed)),
+    }
+}
+
+fn from_raw(raw: RawLine<'_>) -> Result<Event, ParseError> {
+    let kind = raw.kind.ok_or(ParseError::Missing {
+        kind: "?".into(),
+        field: "type",
+    })?;
+    let missing = |field: &'static str| ParseError::Missing {
+        kind: kind.to_string(),
+        field,
+    };
+    let ts = raw.ts.as_deref().ok_or_else(|| missing("ts"))?;
+    let ts = Timestamp::parse_rfc3339(ts).map_err(|e| ParseError::Invalid {
+        field: "ts",
+        problem: e.to_string(),
+    })?;
+    let host = raw.host.ok_or_else(|| missing("host"))?;
+    if host.is_empty() {
+        return Err(ParseError::Invalid {
+            field: "host",
+            problem: "must not be empty".into(),
+        });
+    }
+    let host = host.into_owned();
+    Ok(match kind.as_ref() {
+        "host" => Event::Host(HostEvent {
+            ts,
+            host,
+            os: own(raw.os),
+            labels: raw.labels.unwrap_or_default(),
+        }),
+        "process_start" => Event::ProcessStart(ProcessStart {
+            ts,
+            host,
+            pid: raw.pid.ok_or_else(|| missing("pid"))?,
+            name: raw.name.ok_or_else(|| missing("name"))?.into_owned(),
+            ppid: raw.ppid,
+            exe: own(raw.exe),
+            cmdline: own(raw.cmdline),
+            user: own(raw.user),
+            parent_name: own(raw.parent_name),
+        }),
+        "process_end" => Event::ProcessEnd(ProcessEnd {
+            ts,
+            host,
+            pid: raw.pid.ok_or_else(|| missing("pid"))?,
+        }),
+        "net" => {
+            let ip = raw.dst_ip.ok_or_else(|| missing("dst_ip"))?;
+            let dst_ip: IpAddr = ip.parse().map_err(|_| ParseError::Invalid {
+                field: "dst_ip",
+                problem: format!("is not an IP address: {:?}", truncate(&ip)),
+            })?;
+            let proto = match raw.proto.as_deref() {
+                None | Some("tcp") | Some("TCP") => Transport::Tcp,
+                Some("udp") | Some("UDP") => Transport::Udp,
+                Some(other) => {
+                    return Err(ParseError::Invalid {
+                        field: "proto",
+                        problem: format!("must be \"tcp\" or \"udp\", got {:?}", truncate(other)),
+                    })
+                }
+            };
+            Event::Net(NetRecord {
+                ts,
+                host,
+                pid: raw.pid.ok_or_else(|| missing("pid"))?,
+                proto,
+                dst_ip,
+                dst_port: raw.dst_port.ok_or_else(|| missing("dst_port"))?,
+                bytes_out: raw.bytes_out.ok_or_else(|| missing("bytes_out"))?,
+                bytes_in: raw.bytes_in.ok_or_else(|| missing("bytes_in"))?,
+                sni: own(raw.sni).filter(|s| !s.is_empty()),
+                domain: own(raw.domain).filter(|s| !s.is_empty()),
+            })
+        }
+        "dns" => {
+            let answers = raw.answers.ok_or_else(|| missing("answers"))?;
+            let mut ips = Vec::with_capacity(answers.len());
+            for a in &answers {
+                // DNS answers may carry CNAMEs next to addresses; keep the addresses.
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    ips.push(ip);
+                }
+            }
+            Event::Dns(DnsRecord {
+                ts,
+                host,
+                query: raw.query.ok_or_else(|| missing("query"))?.into_owned(),
+                answers: ips,
+                pid: raw.pid,
+            })
+        }
+        other => return Err(ParseError::UnknownType(truncate(other))),
+    })
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= 48 {
+        s.to_string()
+    } else {
+        let mut end = 48;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    }
+}
+
+/// The slow path: find out exactly what is wrong with a line the typed parse
+/// refused.
+fn diagnose(line: &str) -> ParseError {
+    let value: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return ParseError::NotJson(e.to_string()),
+    };
+    let Some(obj) = value.as_object() else {
+        return ParseError::NotObject;
+    };
+    const STRINGS: [&str; 14] = [
+        "type",
+        "ts",
+        "host",
+        "name",
+        "exe",
+        "cmdline",
+        "user",
+        "parent_name",
+        "dst_ip",
+        "proto",
+        "sni",
+        "domain",
+        "query",
+        "os",
+    ];
+    for f in STRINGS {
+        if let Some(v) = obj.get(f) {
+            if !v.is_string() && !v.is_null() {
+                return ParseError::Invalid {
+                    field: static_name(f),
+                    problem: format!("must be a string, got {}", describe(v)),
+                };
+            }
+        }
+    }
+    let ints: [(&str, u64); 5] = [
+        ("pid", u32::MAX.into()),
+        ("ppid", u32::MAX.into()),
+        ("dst_port", u16::MAX.into()),
+        ("bytes_out", u64::MAX),
+        ("bytes_in", u64::MAX),
+    ];
+    for (f, max) in ints {
+        if let Some(v) = obj.get(f) {
+            if v.is_null() {
+                continue;
+            }
+            let ok = v.as_u64().is_some_and(|n| n <= max);
+            if !ok {
+                let problem = if v.as_i64().is_some_and(|n| n < 0) {
+                    format!("must not be negative, got {v}")
+                } else if v.is_number() && v.as_u64().is_none() && v.as_f64().is_some() {
+                    if v.as_f64().is_some_and(|x| x.fract() != 0.0) {
+                        format!("must be an integer, got {v}")
+                    } else {
+                        format!("is out of range (0..={max}), got {v}")
+                    }
+                } else if v.is_number() {
+                    format!("is out of range (0..={max}), got {v}")
+                } else {
+                    format!("must be a non-negative integer, got {}", describe(v))
+                };
+                return ParseError::Invalid {
+                    field: static_name(f),
+                    problem,
+                };
+            }
+        }
+    }
+    if let Some(v) = obj.get("answers") {
+        let ok = v
+            .as_array()
+            .is_some_and(|a| a.iter().all(serde_json::Value::is_string));
+        if !ok && !v.is_null() {
+            return ParseError::Invalid {
+                field: "answers",
+                problem: "must be an array of strings".into(),
+            };
+        }
+    }
+    if let Some(v) = obj.get("labels") {
+        let ok = v
+            .as_object()
+            .is_some_and(|m| m.values().all(serde_json::Value::is_string));
+        if !ok && !v.is_null() {
+            return ParseError::Invalid {
+                field: "labels",
+                problem: "must be an object of string values".into(),
+            };
+        }
+    }
+    // Everything has the right type; the typed parse failed for a reason we
+    // could not pin to a field (e.g. duplicate keys).
+    ParseError::NotJson("unexpected structure".into())
+}
+
+fn static_name(f: &str) -> &'static str {
+    [
+        "type",
+        "ts",
+        "host",
+        "name",
+        "exe",
+        "cmdline",
+        "user",
+        "parent_name",
+        "dst_ip",
+        "proto",
+        "sni",
+        "domain",
+        "query",
+        "os",
+        "pid",
+        "ppid",
+        "dst_port",
+        "bytes_out",
+        "bytes_in",
+        "answers",
+        "labels",
+    ]
+    .into_iter()
+    .find(|n| *n == f)
+    .unwrap_or("?")
+}
+
+fn describe(v: &serde_json::Value) -> String {
+    let s = match v {
+        serde_json::Value::Null => "null".to_string(),
+        serde_json::Value::Bool(b) => format!("boolean {b}"),
+        serde_json::Value::Number(n) => format!("number {n}"),
+        serde_json::Value::String(s) => format!("string {:?}", truncate(s)),
+        serde_json::Value::Array(_) => "an array".to_string(),
+        serde_json::Value::Object(_) => "an object".to_string(),
+    };
+    s
+}
+
+/// A rejected line: where, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub line: u64,
+    pub error: ParseError,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.error)
+    }
+}
+
+/// Parses a buffer's bytes as a line; invalid UTF-8 is a `NotJson` error.
+pub fn parse_line_bytes(line: &[u8]) -> Result<Event, ParseError> {
+    match std::str::from_utf8(line) {
+        Ok(s) => parse_line(s),
+        Err(e) => Err(ParseError::NotJson(format!("invalid UTF-8: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_type() {
+        let lines = [
+            r#"{"type":"host","ts":"2024-05-01T12:00:00Z","host":"ws-1","os":"windows","labels":{"dept":"finance"}}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"WINWORD.EXE","ppid":7,"exe":"C:\\Program Files\\WINWORD.EXE","user":"alice","parent_name":"explorer.exe"}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:01Z","host":"ws-1","pid":42,"dst_ip":"162.125.1.1","dst_port":443,"bytes_out":1000,"bytes_in":10,"sni":"content.dropboxapi.com"}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:01Z","host":"ws-1","pid":42,"proto":"udp","dst_ip":"2001:db8::1","dst_port":443,"bytes_out":1,"bytes_in":2}"#,
+            r#"{"type":"dns","ts":"2024-05-01T12:00:00Z","host":"ws-1","query":"x.com","answers":["1.2.3.4","cname.example"]}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"ws-1","pid":42}"#,
+        ];
+        for l in lines {
+            let e = parse_line(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            // Round trip through our writer.
+            assert_eq!(parse_line(&e.to_json_line()).unwrap(), e, "{l}");
+        }
+        let Event::Dns(d) = parse_line(lines[4]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.answers.len(), 1);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let l = r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":1,"extra":{"a":[1,2]}}"#;
+        assert!(parse_line(l).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("not json", "not_json", ""),
+            ("[1,2]", "not_object", ""),
+            (
+                r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":-5,"bytes_in":0}"#,
+                "invalid_field",
+                "bytes_out",
+            ),
+            (
+                r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":1e30,"bytes_in":0}"#,
+                "invalid_field",
+                "bytes_out",
+            ),
+            (
+                r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":99999999999999999999999,"bytes_in":0}"#,
+                "invalid_field",
+                "bytes_out",
+            ),
+            (
+                r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":"x","dst_ip":"1.2.3.4","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+                "invalid_field",
+                "pid",
+            ),
+            (
+                r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":70000,"bytes_out":1,"bytes_in":0}"#,
+                "invalid_field",
+                "dst_port",
+            ),
+            (
+                r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"nope","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+                "invalid_field",
+                "dst_ip",
+            ),
+            (
+                r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+                "missing_field",
+                "dst_ip",
+            ),
+            (
+                r#"{"type":"net","ts":"yesterday","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+                "invalid_field",
+                "ts",
+            ),
+            (
+                r#"{"type":"telepathy","ts":"2024-05-01T12:00:00Z","host":"h"}"#,
+                "unknown_type",
+                "telepathy",
+            ),
+            (
+                r#"{"ts":"2024-05-01T12:00:00Z","host":"h"}"#,
+                "missing_field",
+                "type",
+            ),
+            (
+                r#"{"type":"dns","ts":"2024-05-01T12:00:00Z","host":"h","query":"a","answers":"1.2.3.4"}"#,
+                "invalid_field",
+                "answers",
+            ),
+            ("   ", "empty_line", ""),
+        ];
+        for (line, key, mention) in cases {
+            let err = parse_line(line).expect_err(line);
+            assert_eq!(err.reason_key(), key, "{line}: {err}");
+            assert!(err.to_string().contains(mention), "{line}: {err}");
+        }
+        assert_eq!(
+            parse_line_bytes(b"\xff\xfe{").unwrap_err().reason_key(),
+            "not_json"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_input(s in "\\PC*") {
+            let _ = parse_line(&s);
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(b in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = parse_line_bytes(&b);
+        }
+
+        #[test]
+        fn net_round_trips(pid in 0u32.., port in 0u16.., out in 0u64.., inb in 0u64.., secs in 0i64..4_000_000_000i64, sni in proptest::option::of("[a-z.]{1,20}")) {
+            let e = Event::Net(NetRecord {
+                ts: Timestamp::from_secs(secs), host: "h\"1".into(), pid, proto: Transport::Tcp,
+                dst_ip: "10.0.0.1".parse().unwrap(), dst_port: port, bytes_out: out, bytes_in: inb,
+                sni, domain: None,
+            });
+            proptest::prop_assert_eq!(parse_line(&e.to_json_line()).unwrap(), e);
+        }
+    }
+}
