@@ -5,8 +5,15 @@
 //! at. The collector, the aggregator, `outflow replay` and `outflow demo` all
 //! run this one engine.
 
+pub mod app;
+pub mod baseline;
+pub mod catalogue;
+pub mod config;
+pub mod policy;
 pub mod telemetry;
 pub mod time;
 
+pub use config::EngineConfig;
+pub use policy::Policy;
 pub use telemetry::{Event, ParseError};
 pub use time::Timestamp;

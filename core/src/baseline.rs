@@ -1,0 +1,529 @@
+//! Mergeable, deterministic fleet baselines.
+//!
+//! Every statistic is an integer count of *hosts*: each host contributes at
+//! most once per (app, day) to each histogram (its daily maximum), so one host
+//! cannot move a baseline by more than one, and an attacker's own windows
+//! barely move it. Merging is integer addition: identical bits whatever the
+//! order (tested), which lets every Raft replica hold the same baseline.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Ratio buckets: `floor(2·log2((out+c)/(in+c))) + 32`, clamped to 0..=64.
+pub const RATIO_BUCKETS: usize = 65;
+/// Volume buckets: `floor(2·log2(bytes))`, clamped to 0..=79 (half-octaves up to 1 TiB).
+pub const VOLUME_BUCKETS: usize = 80;
+
+/// Half-octave bucket of a byte count (integer arithmetic: `bitlen(x²) - 1`).
+pub fn volume_bucket(bytes: u64) -> u8 {
+    if bytes == 0 {
+        return 0;
+    }
+    let sq = u128::from(bytes) * u128::from(bytes);
+    let b = 127 - sq.leading_zeros();
+    b.min(VOLUME_BUCKETS as u32 - 1) as u8
+}
+
+/// The smallest byte count in a volume bucket.
+pub fn volume_bucket_floor(bucket: u8) -> u64 {
+    // 2^(b/2), rounded up.
+    let b = u32::from(bucket);
+    let base = 1u64 << (b / 2);
+    if b % 2 == 0 {
+        base
+    } else {
+        (base as f64 * std::f64::consts::SQRT_2).ceil() as u64
+    }
+}
+
+/// Half-octave bucket of the smoothed outbound:inbound ratio.
+pub fn ratio_bucket(out: u64, inb: u64, smoothing: u64) -> u8 {
+    let r = (out as f64 + smoothing as f64) / (inb as f64 + smoothing as f64);
+    let b = (2.0 * r.log2()).floor() + 32.0;
+    b.clamp(0.0, (RATIO_BUCKETS - 1) as f64) as u8
+}
+
+/// The smoothed ratio a ratio bucket starts at.
+pub fn ratio_bucket_floor(bucket: u8) -> f64 {
+    2f64.powf((f64::from(bucket) - 32.0) / 2.0)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCount {
+    /// Hosts of the app that sent anything to the service that day.
+    pub hosts: u64,
+    /// Hosts of the app that uploaded at least the upload threshold in one window.
+    pub upload_hosts: u64,
+}
+
+/// One (app, day) of fleet statistics — or one collector's share of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppDayStats {
+    pub app: String,
+    /// Days since the Unix epoch.
+    pub day: i64,
+    pub hosts_running: u64,
+    pub hosts_active: u64,
+    pub hosts_new: u64,
+    pub ratio_hist: Vec<u64>,
+    pub volume_hist: Vec<u64>,
+    pub daily_out_hist: Vec<u64>,
+    pub services: BTreeMap<String, ServiceCount>,
+}
+
+impl AppDayStats {
+    pub fn empty(app: &str, day: i64) -> Self {
+        AppDayStats {
+            app: app.to_string(),
+            day,
+            hosts_running: 0,
+            hosts_active: 0,
+            hosts_new: 0,
+            ratio_hist: vec![0; RATIO_BUCKETS],
+            volume_hist: vec![0; VOLUME_BUCKETS],
+            daily_out_hist: vec![0; VOLUME_BUCKETS],
+            services: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `other` (any app/day: the caller decides what belongs together).
+    pub fn merge(&mut self, other: &AppDayStats) {
+        self.hosts_running += other.hosts_running;
+        self.hosts_active += other.hosts_active;
+        self.hosts_new += other.hosts_new;
+        add_hist(&mut self.ratio_hist, &other.ratio_hist);
+        add_hist(&mut self.volume_hist, &other.volume_hist);
+        add_hist(&mut self.daily_out_hist, &other.daily_out_hist);
+        for (s, c) in &other.services {
+            let e = self.services.entry(s.clone()).or_default();
+            e.hosts += c.hosts;
+            e.upload_hosts += c.upload_hosts;
+        }
+    }
+
+    /// Removes a contribution previously merged (saturating: a stale fleet
+    /// view may not contain all of it).
+    pub fn subtract(&mut self, other: &AppDayStats) {
+        self.hosts_running = self.hosts_running.saturating_sub(other.hosts_running);
+        self.hosts_active = self.hosts_active.saturating_sub(other.hosts_active);
+        self.hosts_new = self.hosts_new.saturating_sub(other.hosts_new);
+        sub_hist(&mut self.ratio_hist, &other.ratio_hist);
+        sub_hist(&mut self.volume_hist, &other.volume_hist);
+        sub_hist(&mut self.daily_out_hist, &other.daily_out_hist);
+        for (s, c) in &other.services {
+            if let Some(e) = self.services.get_mut(s) {
+                e.hosts = e.hosts.saturating_sub(c.hosts);
+                e.upload_hosts = e.upload_hosts.saturating_sub(c.upload_hosts);
+                if e.hosts == 0 && e.upload_hosts == 0 {
+                    self.services.remove(s);
+                }
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts_running == 0 && self.hosts_active == 0 && self.services.is_empty()
+    }
+
+    /// Canonical bytes: the same statistics always give the same bytes.
+    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.app);
+        out.extend_from_slice(&self.day.to_le_bytes());
+        for v in [self.hosts_running, self.hosts_active, self.hosts_new] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for h in [&self.ratio_hist, &self.volume_hist, &self.daily_out_hist] {
+            out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+            for v in h {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&(self.services.len() as u64).to_le_bytes());
+        for (s, c) in &self.services {
+            put_str(out, s);
+            out.extend_from_slice(&c.hosts.to_le_bytes());
+            out.extend_from_slice(&c.upload_hosts.to_le_bytes());
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn add_hist(a: &mut Vec<u64>, b: &[u64]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+fn sub_hist(a: &mut [u64], b: &[u64]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x = x.saturating_sub(*y);
+    }
+}
+
+/// What one host did with one app on one day. Its contribution to the
+/// fleet's `AppDayStats` is at most one per statistic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostAppDay {
+    pub running: bool,
+    pub active: bool,
+    pub new: bool,
+    /// Highest ratio bucket of a window that uploaded enough to be judged.
+    pub max_ratio: Option<u8>,
+    /// Highest volume bucket of any active window.
+    pub max_volume: Option<u8>,
+    /// Outbound bytes of the app on the host that day.
+    pub out_total: u64,
+    /// Services reached, and whether one window uploaded to it.
+    pub services: BTreeMap<String, bool>,
+}
+
+impl HostAppDay {
+    pub fn contribution(&self, app: &str, day: i64) -> AppDayStats {
+        let mut s = AppDayStats::empty(app, day);
+        s.hosts_running = u64::from(self.running);
+        s.hosts_active = u64::from(self.active);
+        s.hosts_new = u64::from(self.new);
+        if let Some(b) = self.max_ratio {
+            s.ratio_hist[usize::from(b)] = 1;
+        }
+        if self.active {
+            if let Some(b) = self.max_volume {
+                s.volume_hist[usize::from(b)] = 1;
+            }
+            s.daily_out_hist[usize::from(volume_bucket(self.out_total))] = 1;
+        }
+        for (svc, upload) in &self.services {
+            s.services.insert(
+                svc.clone(),
+                ServiceCount {
+                    hosts: 1,
+                    upload_hosts: u64::from(*upload),
+                },
+            );
+        }
+        s
+    }
+}
+
+/// Per (app, day) statistics summed over every contributor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetBaseline {
+    pub apps: BTreeMap<String, BTreeMap<i64, AppDayStats>>,
+}
+
+impl FleetBaseline {
+    pub fn new() -> Self {
+        FleetBaseline::default()
+    }
+
+    /// Sums partials (from any number of collectors, in any order).
+    pub fn from_partials<'a>(partials: impl IntoIterator<Item = &'a AppDayStats>) -> Self {
+        let mut b = FleetBaseline::new();
+        for p in partials {
+            b.add(p);
+        }
+        b
+    }
+
+    pub fn add(&mut self, p: &AppDayStats) {
+        self.apps
+            .entry(p.app.clone())
+            .or_default()
+            .entry(p.day)
+            .or_insert_with(|| AppDayStats::empty(&p.app, p.day))
+            .merge(p);
+    }
+
+    pub fn subtract(&mut self, p: &AppDayStats) {
+        if let Some(days) = self.apps.get_mut(&p.app) {
+            if let Some(d) = days.get_mut(&p.day) {
+                d.subtract(p);
+                if d.is_empty() {
+                    days.remove(&p.day);
+                }
+            }
+            if days.is_empty() {
+                self.apps.remove(&p.app);
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: &FleetBaseline) {
+        for days in other.apps.values() {
+            for d in days.values() {
+                self.add(d);
+            }
+        }
+    }
+
+    /// Drops days outside `[newest_day - horizon_days + 1, newest_day]`.
+    pub fn prune(&mut self, newest_day: i64, horizon_days: u32) {
+        let oldest = newest_day - i64::from(horizon_days) + 1;
+        self.apps.retain(|_, days| {
+            days.retain(|d, _| *d >= oldest);
+            !days.is_empty()
+        });
+    }
+
+    pub fn newest_day(&self) -> Option<i64> {
+        self.apps
+            .values()
+            .filter_map(|d| d.keys().next_back().copied())
+            .max()
+    }
+
+    pub fn days_of(&self, app: &str) -> Option<&BTreeMap<i64, AppDayStats>> {
+        self.apps.get(app)
+    }
+
+    /// Canonical bytes of the whole baseline.
+    pub fn to_canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for days in self.apps.values() {
+            for d in days.values() {
+                d.write_canonical(&mut out);
+            }
+        }
+        out
+    }
+
+    /// SHA-256 of the canonical bytes, hex.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(Sha256::digest(self.to_canonical_bytes()))
+    }
+
+    /// The statistics of `app` over the horizon ending at `today`, as seen by
+    /// a judged host whose own contributions are `own` (left out: a host is
+    /// never its own peer).
+    pub fn peer_view<'a>(
+        &self,
+        app: &str,
+        today: i64,
+        horizon_days: u32,
+        own: impl IntoIterator<Item = &'a AppDayStats>,
+    ) -> PeerView {
+        let oldest = today - i64::from(horizon_days) + 1;
+        let mut days: BTreeMap<i64, AppDayStats> = self
+            .apps
+            .get(app)
+            .map(|d| {
+                d.range(oldest..=today)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for o in own {
+            if o.app == app {
+                if let Some(d) = days.get_mut(&o.day) {
+                    d.subtract(o);
+                }
+            }
+        }
+        PeerView::from_days(app, today, days.values())
+    }
+}
+
+/// An app's peer statistics over the horizon, judged host excluded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    pub app: String,
+    /// Host-days on which the app ran / was network-active.
+    pub running_host_days: u64,
+    pub active_host_days: u64,
+    /// The most distinct peer hosts seen running the app on one day.
+    pub peer_hosts: u64,
+    /// The most distinct peer hosts seen network-active on one day.
+    pub active_peer_hosts: u64,
+    /// Hosts that started running the app today (rollouts).
+    pub new_today: u64,
+    /// Days of the horizon with any data for the app.
+    pub days: u64,
+    pub ratio_hist: Vec<u64>,
+    pub volume_hist: Vec<u64>,
+    pub daily_out_hist: Vec<u64>,
+    pub services: BTreeMap<String, ServiceCount>,
+}
+
+impl PeerView {
+    pub fn from_days<'a>(
+        app: &str,
+        today: i64,
+        days: impl IntoIterator<Item = &'a AppDayStats>,
+    ) -> Self {
+        let mut v = PeerView {
+            app: app.to_string(),
+            running_host_days: 0,
+            active_host_days: 0,
+            peer_hosts: 0,
+            active_peer_hosts: 0,
+            new_today: 0,
+            days: 0,
+            ratio_hist: vec![0; RATIO_BUCKETS],
+            volume_hist: vec![0; VOLUME_BUCKETS],
+            daily_out_hist: vec![0; VOLUME_BUCKETS],
+            services: BTreeMap::new(),
+        };
+        for d in days {
+            v.running_host_days += d.hosts_running;
+            v.active_host_days += d.hosts_active;
+            v.peer_hosts = v.peer_hosts.max(d.hosts_running);
+            v.active_peer_hosts = v.active_peer_hosts.max(d.hosts_active);
+            if d.day == today {
+                v.new_today = d.hosts_new;
+            }
+            if !d.is_empty() {
+                v.days += 1;
+            }
+            add_hist(&mut v.ratio_hist, &d.ratio_hist);
+            add_hist(&mut v.volume_hist, &d.volume_hist);
+            add_hist(&mut v.daily_out_hist, &d.daily_out_hist);
+            for (s, c) in &d.services {
+                let e = v.services.entry(s.clone()).or_default();
+                e.hosts += c.hosts;
+                e.upload_hosts += c.upload_hosts;
+            }
+        }
+        v
+    }
+
+    /// (peer host-days at or above `bucket`, all peer host-days in `hist`).
+    pub fn tail(hist: &[u64], bucket: u8) -> (u64, u64) {
+        let total: u64 = hist.iter().sum();
+        let above: u64 = hist.iter().skip(usize::from(bucket)).sum();
+        (above, total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn buckets_are_monotonic_half_octaves() {
+        assert_eq!(volume_bucket(0), 0);
+        assert_eq!(volume_bucket(1), 0);
+        assert_eq!(volume_bucket(2), 2);
+        assert_eq!(volume_bucket(3), 3);
+        assert_eq!(volume_bucket(4), 4);
+        assert_eq!(volume_bucket(1 << 20), 40);
+        assert_eq!(volume_bucket(u64::MAX), 79);
+        let mut last = 0;
+        for x in (0..40).map(|i| 1u64 << i).flat_map(|x| [x, x + x / 2]) {
+            let b = volume_bucket(x);
+            assert!(b >= last);
+            assert!(volume_bucket_floor(b) <= x.max(1), "{x} {b}");
+            last = b;
+        }
+        assert_eq!(ratio_bucket(0, 0, 4096), 32);
+        assert!(ratio_bucket(100 << 20, 10_000, 4096) > 50);
+        assert!(ratio_bucket(10_000, 100 << 20, 4096) < 15);
+        assert!((ratio_bucket_floor(34) - 2.0).abs() < 1e-9);
+    }
+
+    fn arb_partial() -> impl Strategy<Value = AppDayStats> {
+        (
+            prop::sample::select(vec!["winword.exe", "onedrive.exe", "curl"]),
+            0i64..4,
+            0u64..50,
+            0u64..50,
+            prop::collection::vec(0u64..5, RATIO_BUCKETS),
+            prop::collection::vec(0u64..5, VOLUME_BUCKETS),
+            prop::collection::btree_map(
+                prop::sample::select(vec!["dropbox", "onedrive", "other"]),
+                (0u64..9, 0u64..9),
+                0..3,
+            ),
+        )
+            .prop_map(|(app, day, r, a, rh, vh, svc)| {
+                let mut p = AppDayStats::empty(app, day);
+                p.hosts_running = r;
+                p.hosts_active = a;
+                p.ratio_hist = rh;
+                p.volume_hist = vh.clone();
+                p.daily_out_hist = vh;
+                p.services = svc
+                    .into_iter()
+                    .map(|(k, (h, u))| {
+                        (
+                            k.to_string(),
+                            ServiceCount {
+                                hosts: h,
+                                upload_hosts: u,
+                            },
+                        )
+                    })
+                    .collect();
+                p
+            })
+    }
+
+    proptest! {
+        /// The same partials merged in any order give identical bytes.
+        #[test]
+        fn merge_is_order_independent(parts in prop::collection::vec(arb_partial(), 1..12), seed in any::<u64>()) {
+            let a = FleetBaseline::from_partials(&parts);
+            let mut shuffled = parts.clone();
+            // Deterministic shuffle from the seed.
+            let mut s = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            // Merge pairwise through intermediate baselines too.
+            let (l, r) = shuffled.split_at(shuffled.len() / 2);
+            let mut b = FleetBaseline::from_partials(r);
+            b.merge(&FleetBaseline::from_partials(l));
+            prop_assert_eq!(a.to_canonical_bytes(), b.to_canonical_bytes());
+            prop_assert_eq!(a.hash_hex(), b.hash_hex());
+        }
+
+        #[test]
+        fn subtract_undoes_add(parts in prop::collection::vec(arb_partial(), 1..8), extra in arb_partial()) {
+            let base = FleetBaseline::from_partials(&parts);
+            let mut b = base.clone();
+            b.add(&extra);
+            b.subtract(&extra);
+            prop_assert_eq!(base.to_canonical_bytes(), b.to_canonical_bytes());
+        }
+    }
+
+    #[test]
+    fn one_host_counts_once_and_is_not_its_own_peer() {
+        let mut fleet = FleetBaseline::new();
+        let mut own = Vec::new();
+        for host in 0..20 {
+            let hd = HostAppDay {
+                running: true,
+                active: true,
+                max_volume: Some(if host == 0 { 60 } else { 20 }),
+                out_total: 1000,
+                services: [("onedrive".to_string(), host == 0)].into_iter().collect(),
+                ..HostAppDay::default()
+            };
+            let c = hd.contribution("winword.exe", 100);
+            if host == 0 {
+                own.push(c.clone());
+            }
+            fleet.add(&c);
+        }
+        let all = fleet.peer_view("winword.exe", 100, 14, []);
+        assert_eq!(all.peer_hosts, 20);
+        assert_eq!(PeerView::tail(&all.volume_hist, 60), (1, 20));
+        let peers = fleet.peer_view("winword.exe", 100, 14, &own);
+        assert_eq!(peers.peer_hosts, 19);
+        assert_eq!(PeerView::tail(&peers.volume_hist, 60), (0, 19));
+        assert_eq!(peers.services["onedrive"].upload_hosts, 0);
+        // Outside the horizon nothing counts.
+        assert_eq!(fleet.peer_view("winword.exe", 200, 14, []).peer_hosts, 0);
+    }
+}
