@@ -5,7 +5,6 @@
 
 use clap::{Parser, Subcommand};
 
-
 #[derive(Parser)]
 #[command(
     name = "outflow",
@@ -18,11 +17,16 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Certificates: a dev CA and the certificates of a local cluster.
+    Certs(outflow_pki::CertsArgs),
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result: anyhow::Result<std::process::ExitCode> = match cli.command {};
+    let result: anyhow::Result<std::process::ExitCode> = match cli.command {
+        Command::Certs(args) => outflow_pki::run(args),
+    };
     match result {
         Ok(code) => code,
         Err(e) => {
