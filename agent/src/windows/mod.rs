@@ -1,0 +1,1 @@
+//! Windows sources (ETW): see etw.rs.
