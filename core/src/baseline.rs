@@ -97,6 +97,9 @@ impl AppDayStats {
         add_hist(&mut self.volume_hist, &other.volume_hist);
         add_hist(&mut self.daily_out_hist, &other.daily_out_hist);
         for (s, c) in &other.services {
+            if c.hosts == 0 && c.upload_hosts == 0 {
+                continue;
+            }
             let e = self.services.entry(s.clone()).or_default();
             e.hosts += c.hosts;
             e.upload_hosts += c.upload_hosts;
@@ -123,8 +126,18 @@ impl AppDayStats {
         }
     }
 
+    /// No count at all: such statistics are never stored.
     pub fn is_empty(&self) -> bool {
-        self.hosts_running == 0 && self.hosts_active == 0 && self.services.is_empty()
+        self.hosts_running == 0
+            && self.hosts_active == 0
+            && self.hosts_new == 0
+            && self
+                .services
+                .values()
+                .all(|c| c.hosts == 0 && c.upload_hosts == 0)
+            && [&self.ratio_hist, &self.volume_hist, &self.daily_out_hist]
+                .iter()
+                .all(|h| h.iter().all(|v| *v == 0))
     }
 
     /// Canonical bytes: the same statistics always give the same bytes.
@@ -235,6 +248,9 @@ impl FleetBaseline {
     }
 
     pub fn add(&mut self, p: &AppDayStats) {
+        if p.is_empty() {
+            return;
+        }
         self.apps
             .entry(p.app.clone())
             .or_default()

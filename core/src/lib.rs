@@ -5,15 +5,21 @@
 //! at. The collector, the aggregator, `outflow replay` and `outflow demo` all
 //! run this one engine.
 
+pub mod alert;
 pub mod app;
 pub mod baseline;
 pub mod catalogue;
 pub mod config;
+pub mod engine;
 pub mod policy;
+pub mod score;
+pub mod shard;
 pub mod telemetry;
 pub mod time;
 
+pub use alert::{Alert, Severity};
 pub use config::EngineConfig;
+pub use engine::{Engine, EngineStats};
 pub use policy::Policy;
 pub use telemetry::{Event, ParseError};
 pub use time::Timestamp;

@@ -1,0 +1,923 @@
+//! The engine: telemetry in, alerts out, in event time.
+//!
+//! Per host it keeps a process table, a DNS answer cache and, per process, an
+//! open tumbling window of outbound HTTPS bytes. A window closes when the
+//! host's event time passes its end plus the allowed lateness (or when the
+//! caller advances the watermark); it is then judged against the app's peers
+//! and folded into the host's daily statistics, which feed the baseline.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::alert::{alert_id, Alert, Destination, ANALYTIC};
+use crate::app::{normalise_app, UNKNOWN_APP};
+use crate::baseline::{ratio_bucket, volume_bucket, AppDayStats, FleetBaseline, HostAppDay};
+use crate::catalogue::{Catalogue, OTHER};
+use crate::config::EngineConfig;
+use crate::policy::Policy;
+use crate::score::{score_finding, FindingKind, ScoreInput};
+use crate::telemetry::{DnsRecord, Event, NetRecord, ProcessEnd, ProcessStart};
+use crate::time::Timestamp;
+
+/// Counters of what the engine did, for summaries and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    pub events: u64,
+    pub net_records: u64,
+    /// Net records to internal networks (not outbound).
+    pub internal_records: u64,
+    /// Net records that are not HTTPS (no SNI, not an HTTPS port).
+    pub non_https_records: u64,
+    /// Net records of a pid with no known process start (app `unknown`).
+    pub unknown_pid_records: u64,
+    /// Net records for a window that had already closed: their bytes count
+    /// towards the process's day, not towards a judged window.
+    pub late_records: u64,
+    pub windows_closed: u64,
+    pub windows_judged: u64,
+    pub alerts: u64,
+    /// Findings not raised because a policy suppression matched.
+    pub suppressed: u64,
+    /// Findings not raised because the fleet was still being learnt.
+    pub learning: u64,
+    /// Findings not raised because the process was alerted on recently.
+    pub repeats: u64,
+    pub hosts: u64,
+    pub live_processes: u64,
+}
+
+#[derive(Debug)]
+struct ProcMeta {
+    app: Arc<str>,
+    pid: u32,
+    start: Timestamp,
+    ppid: Option<u32>,
+    exe: Option<String>,
+    cmdline: Option<String>,
+    user: Option<String>,
+    parent_app: Option<Arc<str>>,
+}
+
+#[derive(Clone, Debug)]
+struct DestAcc {
+    ip: IpAddr,
+    port: u16,
+    name: Option<Arc<str>>,
+    service: Arc<str>,
+    out: u64,
+    inb: u64,
+}
+
+#[derive(Debug)]
+struct OpenWindow {
+    start: Timestamp,
+    out: u64,
+    inb: u64,
+    dests: Vec<DestAcc>,
+}
+
+#[derive(Debug)]
+struct ProcState {
+    meta: Arc<ProcMeta>,
+    ended: bool,
+    last_activity: Timestamp,
+    window: Option<OpenWindow>,
+    /// End of the last closed window: records before it are late.
+    closed_through: Timestamp,
+    day: i64,
+    day_out: u64,
+    day_in: u64,
+    day_first: Timestamp,
+    day_dests: Vec<DestAcc>,
+    /// Highest volume bucket of the day's total already judged (low and slow).
+    cum_judged_bucket: u8,
+    last_alert: Option<(crate::alert::Severity, Timestamp)>,
+}
+
+struct HostState {
+    name: Arc<str>,
+    max_ts: Timestamp,
+    /// Instances of each pid, oldest first (pid reuse).
+    procs: HashMap<u32, Vec<ProcState>>,
+    dns: HashMap<IpAddr, Arc<str>>,
+    dns_order: VecDeque<IpAddr>,
+    /// What the host did per (app, day) within the horizon.
+    app_days: BTreeMap<(Arc<str>, i64), HostAppDay>,
+    apps_seen: std::collections::HashSet<Arc<str>>,
+    /// Earliest instant at which some open window may close.
+    next_close: Timestamp,
+}
+
+impl HostState {
+    fn new(name: Arc<str>) -> Self {
+        HostState {
+            name,
+            max_ts: Timestamp::MIN,
+            procs: HashMap::new(),
+            dns: HashMap::new(),
+            dns_order: VecDeque::new(),
+            app_days: BTreeMap::new(),
+            apps_seen: Default::default(),
+            next_close: Timestamp(i64::MAX),
+        }
+    }
+}
+
+/// A window ready to be judged, detached from the host's borrow.
+struct ClosedWindow {
+    meta: Arc<ProcMeta>,
+    start: Timestamp,
+    end: Timestamp,
+    out: u64,
+    inb: u64,
+    dests: Vec<DestAcc>,
+    day_out: u64,
+    day_in: u64,
+    day_first: Timestamp,
+    day_dests: Vec<DestAcc>,
+    cum_judged_bucket: u8,
+    last_alert: Option<(crate::alert::Severity, Timestamp)>,
+    pid_index: (u32, Timestamp),
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    catalogue: Catalogue,
+    policy: Policy,
+    hosts: HashMap<Arc<str>, HostState>,
+    apps: HashMap<String, Arc<str>>,
+    /// The summed contributions of this engine's hosts.
+    local: FleetBaseline,
+    /// The fleet baseline from the aggregator (distributed mode), and what of
+    /// `local` had been shipped when it was computed.
+    fleet: Option<FleetBaseline>,
+    shipped: FleetBaseline,
+    first_ts: Option<Timestamp>,
+    max_ts: Timestamp,
+    pruned_day: i64,
+    alerts: Vec<Alert>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, policy: Policy) -> Self {
+        let mut catalogue = Catalogue::builtin();
+        for e in &policy.catalogue_additions {
+            catalogue.add(&e.service, &e.suffix);
+        }
+        Engine {
+            cfg,
+            catalogue,
+            policy,
+            hosts: HashMap::new(),
+            apps: HashMap::new(),
+            local: FleetBaseline::new(),
+            fleet: None,
+            shipped: FleetBaseline::new(),
+            first_ts: None,
+            max_ts: Timestamp::MIN,
+            pruned_day: i64::MIN,
+            alerts: Vec::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn set_policy(&mut self, policy: Policy) {
+        let mut catalogue = Catalogue::builtin();
+        for e in &policy.catalogue_additions {
+            catalogue.add(&e.service, &e.suffix);
+        }
+        self.catalogue = catalogue;
+        self.policy = policy;
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Distributed mode: judge against the fleet's baseline. The engine's own
+    /// hosts' contributions are taken from its live state rather than from
+    /// the (older) copies inside the fleet baseline.
+    pub fn set_fleet_baseline(&mut self, fleet: FleetBaseline) {
+        self.fleet = Some(fleet);
+    }
+
+    /// This engine's hosts' contributions per (app, day), to ship to the
+    /// aggregator. Marks them as shipped.
+    pub fn local_partials(&mut self) -> Vec<AppDayStats> {
+        self.shipped = self.local.clone();
+        self.local
+            .apps
+            .values()
+            .flat_map(|d| d.values().cloned())
+            .collect()
+    }
+
+    /// The baseline formed by this engine's hosts alone.
+    pub fn local_baseline(&self) -> &FleetBaseline {
+        &self.local
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let mut s = self.stats.clone();
+        s.hosts = self.hosts.len() as u64;
+        s.live_processes = self
+            .hosts
+            .values()
+            .map(|h| h.procs.values().map(Vec::len).sum::<usize>() as u64)
+            .sum();
+        s
+    }
+
+    pub fn drain_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    /// The latest event time seen.
+    pub fn max_ts(&self) -> Timestamp {
+        self.max_ts
+    }
+
+    fn intern_app(&mut self, app: &str) -> Arc<str> {
+        if let Some(a) = self.apps.get(app) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(app);
+        self.apps.insert(app.to_string(), a.clone());
+        a
+    }
+
+    pub fn ingest(&mut self, event: &Event) {
+        self.stats.events += 1;
+        let ts = event.ts();
+        if self.first_ts.is_none() {
+            self.first_ts = Some(ts);
+        }
+        if ts > self.max_ts {
+            self.max_ts = ts;
+            let day = ts.day();
+            if day > self.pruned_day {
+                self.prune(day);
+            }
+        }
+        let host_name = event.host();
+        if !self.hosts.contains_key(host_name) {
+            let name: Arc<str> = Arc::from(host_name);
+            self.hosts.insert(name.clone(), HostState::new(name));
+        }
+        match event {
+            Event::Host(_) => {}
+            Event::ProcessStart(p) => self.on_process_start(p),
+            Event::ProcessEnd(p) => self.on_process_end(p),
+            Event::Net(n) => self.on_net(n),
+            Event::Dns(d) => self.on_dns(d),
+        }
+        // Close what the host's event time has moved past.
+        let close_due = self
+            .hosts
+            .get_mut(host_name)
+            .map(|h| {
+                if ts > h.max_ts {
+                    h.max_ts = ts;
+                }
+                h.max_ts.saturating_sub_us(self.cfg.lateness_us()) >= h.next_close
+            })
+            .unwrap_or(false);
+        if close_due {
+            let wm = self
+                .hosts
+                .get(host_name)
+                .map(|h| h.max_ts.saturating_sub_us(self.cfg.lateness_us()))
+                .unwrap_or(Timestamp::MIN);
+            self.close_host_windows(host_name, wm);
+        }
+    }
+
+    /// Closes every window (all hosts) that ends at or before `watermark`:
+    /// for idle hosts, the end of input, or a wall-clock tick in a collector.
+    pub fn advance_to(&mut self, watermark: Timestamp) {
+        let due: Vec<Arc<str>> = self
+            .hosts
+            .values()
+            .filter(|h| h.next_close <= watermark)
+            .map(|h| h.name.clone())
+            .collect();
+        for h in due {
+            self.close_host_windows(&h, watermark);
+        }
+        if watermark > self.max_ts && watermark.0 != i64::MAX {
+            let day = watermark.day();
+            if day > self.pruned_day {
+                self.prune(day);
+            }
+        }
+    }
+
+    /// Closes every open window: end of input.
+    pub fn flush(&mut self) {
+        self.advance_to(Timestamp(i64::MAX));
+    }
+
+    fn on_process_start(&mut self, p: &ProcessStart) {
+        let app_name = normalise_app(if p.name.is_empty() {
+            p.exe.as_deref().unwrap_or("")
+        } else {
+            &p.name
+        });
+        let app = self.intern_app(&app_name);
+        let parent_app = p
+            .parent_name
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|n| {
+                let n = normalise_app(n);
+                self.intern_app(&n)
+            })
+            .or_else(|| {
+                // The parent's name from our own process table.
+                let h = self.hosts.get(p.host.as_str())?;
+                let ppid = p.ppid?;
+                h.procs
+                    .get(&ppid)
+                    .and_then(|v| v.last())
+                    .map(|s| s.meta.app.clone())
+            });
+        let meta = Arc::new(ProcMeta {
+            app: app.clone(),
+            pid: p.pid,
+            start: p.ts,
+            ppid: p.ppid,
+            exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
+            user: p.user.clone(),
+            parent_app,
+        });
+        let day = p.ts.day();
+        let Some(h) = self.hosts.get_mut(p.host.as_str()) else {
+            return;
+        };
+        let new_app = h.apps_seen.insert(app.clone());
+        let instances = h.procs.entry(p.pid).or_default();
+        // Keep the instance list ordered by start; a duplicate start is ignored.
+        if instances
+            .iter()
+            .any(|s| s.meta.start == p.ts && s.meta.app == app)
+        {
+            return;
+        }
+        let state = ProcState {
+            meta,
+            ended: false,
+            last_activity: p.ts,
+            window: None,
+            closed_through: Timestamp::MIN,
+            day,
+            day_out: 0,
+            day_in: 0,
+            day_first: p.ts,
+            day_dests: Vec::new(),
+            cum_judged_bucket: 0,
+            last_alert: None,
+        };
+        let pos = instances.partition_point(|s| s.meta.start <= p.ts);
+        instances.insert(pos, state);
+        // Older instances of the pid are over (pid reuse).
+        for s in instances.iter_mut().take(pos) {
+            s.ended = true;
+        }
+        let key = (app.clone(), day);
+        let entry = h.app_days.entry(key).or_default();
+        if !entry.running || (new_app && !entry.new) {
+            let before = entry.contribution(&app, day);
+            entry.running = true;
+            entry.new |= new_app;
+            let after = entry.contribution(&app, day);
+            self.local.subtract(&before);
+            self.local.add(&after);
+        }
+    }
+
+    fn on_process_end(&mut self, p: &ProcessEnd) {
+        if let Some(h) = self.hosts.get_mut(p.host.as_str()) {
+            if let Some(v) = h.procs.get_mut(&p.pid) {
+                if let Some(s) = v.iter_mut().rev().find(|s| s.meta.start <= p.ts) {
+                    s.ended = true;
+                    s.last_activity = s.last_activity.max(p.ts);
+                }
+            }
+        }
+    }
+
+    fn on_dns(&mut self, d: &DnsRecord) {
+        let cap = self.cfg.dns_cache_per_host;
+        let Some(h) = self.hosts.get_mut(d.host.as_str()) else {
+            return;
+        };
+        let name: Arc<str> = Arc::from(d.query.trim_end_matches('.').to_ascii_lowercase());
+        for ip in &d.answers {
+            if h.dns.insert(*ip, name.clone()).is_none() {
+                h.dns_order.push_back(*ip);
+            }
+            while h.dns.len() > cap {
+                match h.dns_order.pop_front() {
+                    Some(old) => {
+                        h.dns.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    fn on_net(&mut self, n: &NetRecord) {
+        self.stats.net_records += 1;
+        if self.cfg.is_internal(&n.dst_ip) {
+            self.stats.internal_records += 1;
+            return;
+        }
+        let has_name = n.sni.is_some();
+        if !has_name && !self.cfg.https_ports.contains(&n.dst_port) {
+            self.stats.non_https_records += 1;
+            return;
+        }
+        let window_us = self.cfg.window_us();
+        let unknown_app = self.intern_app(UNKNOWN_APP);
+        let Some(h) = self.hosts.get_mut(n.host.as_str()) else {
+            return;
+        };
+        // Destination name: SNI, then the record's domain, then DNS seen on the host.
+        let name: Option<Arc<str>> = n
+            .sni
+            .as_deref()
+            .or(n.domain.as_deref())
+            .map(|s| Arc::from(s.trim_end_matches('.').to_ascii_lowercase()))
+            .or_else(|| h.dns.get(&n.dst_ip).cloned());
+        let service: Arc<str> = Arc::from(
+            name.as_deref()
+                .and_then(|s| self.catalogue.classify(s))
+                .unwrap_or(OTHER),
+        );
+        // The process: the latest start at or before ts; else app `unknown`.
+        let instances = h.procs.entry(n.pid).or_default();
+        let idx = instances.iter().rposition(|s| s.meta.start <= n.ts);
+        let idx = match idx {
+            Some(i) => i,
+            None => {
+                self.stats.unknown_pid_records += 1;
+                let meta = Arc::new(ProcMeta {
+                    app: unknown_app.clone(),
+                    pid: n.pid,
+                    start: n.ts,
+                    ppid: None,
+                    exe: None,
+                    cmdline: None,
+                    user: None,
+                    parent_app: None,
+                });
+                instances.insert(
+                    0,
+                    ProcState {
+                        meta,
+                        ended: false,
+                        last_activity: n.ts,
+                        window: None,
+                        closed_through: Timestamp::MIN,
+                        day: n.ts.day(),
+                        day_out: 0,
+                        day_in: 0,
+                        day_first: n.ts,
+                        day_dests: Vec::new(),
+                        cum_judged_bucket: 0,
+                        last_alert: None,
+                    },
+                );
+                0
+            }
+        };
+        let p = &mut instances[idx];
+        if p.meta.app.as_ref() == UNKNOWN_APP && p.meta.start > n.ts {
+            self.stats.unknown_pid_records += 1;
+        }
+        p.last_activity = p.last_activity.max(n.ts);
+        let app = p.meta.app.clone();
+        let day = n.ts.day();
+        if day != p.day && day > p.day {
+            p.day = day;
+            p.day_out = 0;
+            p.day_in = 0;
+            p.day_first = n.ts;
+            p.day_dests.clear();
+            p.cum_judged_bucket = 0;
+        }
+        let dest = DestAcc {
+            ip: n.dst_ip,
+            port: n.dst_port,
+            name: name.clone(),
+            service: service.clone(),
+            out: n.bytes_out,
+            inb: n.bytes_in,
+        };
+        if day == p.day {
+            p.day_out = p.day_out.saturating_add(n.bytes_out);
+            p.day_in = p.day_in.saturating_add(n.bytes_in);
+            add_dest(&mut p.day_dests, &dest, 32);
+        }
+        // The interval ends at ts: it belongs to the window containing ts-1µs.
+        let wstart = Timestamp(n.ts.0.saturating_sub(1)).window_start(window_us);
+        let mut closed = None;
+        if wstart < p.closed_through {
+            self.stats.late_records += 1;
+        } else {
+            match &mut p.window {
+                Some(w) if w.start == wstart => {
+                    w.out = w.out.saturating_add(n.bytes_out);
+                    w.inb = w.inb.saturating_add(n.bytes_in);
+                    add_dest(&mut w.dests, &dest, 64);
+                }
+                Some(w) if w.start > wstart => {
+                    // An earlier window of this process that was never opened
+                    // and is now behind the open one: late.
+                    self.stats.late_records += 1;
+                }
+                _ => {
+                    if let Some(old) = p.window.take() {
+                        closed = Some(detach(p, old, window_us));
+                    }
+                    p.window = Some(OpenWindow {
+                        start: wstart,
+                        out: n.bytes_out,
+                        inb: n.bytes_in,
+                        dests: vec![dest],
+                    });
+                    let close_at = wstart.saturating_add_us(window_us);
+                    if close_at < h.next_close {
+                        h.next_close = close_at;
+                    }
+                }
+            }
+        }
+        // Daily statistics of the host for the app.
+        let entry = h.app_days.entry((app.clone(), day)).or_default();
+        let needs_update = !entry.active
+            || !entry.services.contains_key(service.as_ref())
+            || volume_bucket(entry.out_total) != volume_bucket(entry.out_total + n.bytes_out);
+        let mut diff = None;
+        if needs_update {
+            let before = entry.contribution(&app, day);
+            entry.active = true;
+            entry.running = true;
+            entry.out_total = entry.out_total.saturating_add(n.bytes_out);
+            entry.services.entry(service.to_string()).or_insert(false);
+            diff = Some((before, entry.contribution(&app, day)));
+        } else {
+            entry.out_total = entry.out_total.saturating_add(n.bytes_out);
+        }
+        if let Some((before, after)) = diff {
+            self.local.subtract(&before);
+            self.local.add(&after);
+        }
+        if let Some(c) = closed {
+            let host = h.name.clone();
+            self.judge(&host, c);
+        }
+    }
+
+    fn close_host_windows(&mut self, host: &str, watermark: Timestamp) {
+        let window_us = self.cfg.window_us();
+        let idle_us = i64::try_from(self.cfg.idle_process_secs)
+            .unwrap_or(i64::MAX / 1_000_000)
+            .saturating_mul(1_000_000);
+        let Some(h) = self.hosts.get_mut(host) else {
+            return;
+        };
+        let mut closed = Vec::new();
+        let mut next = Timestamp(i64::MAX);
+        for instances in h.procs.values_mut() {
+            for p in instances.iter_mut() {
+                if let Some(w) = &p.window {
+                    let end = w.start.saturating_add_us(window_us);
+                    if end <= watermark {
+                        if let Some(w) = p.window.take() {
+                            closed.push(detach(p, w, window_us));
+                        }
+                    } else if end < next {
+                        next = end;
+                    }
+                }
+            }
+            // Forget finished or long-idle processes whose windows are closed.
+            instances.retain(|p| {
+                p.window.is_some()
+                    || !(p.ended || p.last_activity.saturating_add_us(idle_us) < watermark)
+            });
+        }
+        h.procs.retain(|_, v| !v.is_empty());
+        h.next_close = next;
+        let name = h.name.clone();
+        // Judge in a deterministic order.
+        closed.sort_by(|a, b| {
+            (a.start, a.meta.pid, a.meta.start).cmp(&(b.start, b.meta.pid, b.meta.start))
+        });
+        for c in closed {
+            self.judge(&name, c);
+        }
+    }
+
+    fn prune(&mut self, today: i64) {
+        self.pruned_day = today;
+        let oldest = today - i64::from(self.cfg.horizon_days) + 1;
+        self.local.prune(today, self.cfg.horizon_days);
+        self.shipped.prune(today, self.cfg.horizon_days);
+        if let Some(f) = &mut self.fleet {
+            f.prune(today, self.cfg.horizon_days);
+        }
+        for h in self.hosts.values_mut() {
+            h.app_days.retain(|(_, d), _| *d >= oldest);
+        }
+    }
+
+    /// Scores a closed window (and the process's day so far), records alerts,
+    /// and folds the window into the host's daily statistics.
+    fn judge(&mut self, host: &Arc<str>, c: ClosedWindow) {
+        self.stats.windows_closed += 1;
+        let app = c.meta.app.clone();
+        let day = Timestamp(c.end.0 - 1).day();
+        let window_bucket = volume_bucket(c.out);
+        let judged_ratio = c.out >= self.cfg.min_window_out_bytes / 16;
+        let rb = ratio_bucket(c.out, c.inb, self.cfg.ratio_smoothing_bytes);
+        let mut findings = Vec::new();
+        let ratio = ratio_of(c.out, c.inb);
+        let top = top_service(&c.dests);
+        if c.out >= self.cfg.min_window_out_bytes && ratio >= self.cfg.min_ratio {
+            self.stats.windows_judged += 1;
+            findings.push((
+                FindingKind::Window,
+                c.start,
+                c.out,
+                c.inb,
+                top.clone(),
+                &c.dests,
+            ));
+        }
+        // Low and slow: the process's uploads that day, judged each time they
+        // reach a new half-octave.
+        let day_bucket = volume_bucket(c.day_out);
+        let day_ratio = ratio_of(c.day_out, c.day_in);
+        let mut new_cum_bucket = c.cum_judged_bucket;
+        if c.day_out >= self.cfg.min_cumulative_out_bytes
+            && day_bucket > c.cum_judged_bucket
+            && day_ratio >= self.cfg.min_ratio
+        {
+            new_cum_bucket = day_bucket;
+            findings.push((
+                FindingKind::Cumulative,
+                c.day_first,
+                c.day_out,
+                c.day_in,
+                top_service(&c.day_dests),
+                &c.day_dests,
+            ));
+        }
+        let mut last_alert = c.last_alert;
+        if !findings.is_empty() {
+            let own: Vec<AppDayStats> = self
+                .hosts
+                .get(host)
+                .map(|h| {
+                    h.app_days
+                        .range((app.clone(), i64::MIN)..=(app.clone(), i64::MAX))
+                        .map(|((a, d), s)| s.contribution(a, *d))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let own_history: Vec<(i64, Option<u8>, u64)> = self
+                .hosts
+                .get(host)
+                .map(|h| {
+                    h.app_days
+                        .range((app.clone(), i64::MIN)..(app.clone(), day))
+                        .map(|((_, d), s)| (*d, s.max_volume, s.out_total))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let view = self.peer_view(&app, day, &own);
+            for (kind, start, out, inb, service, dests) in findings {
+                let approved = self.policy.is_approved(&app, &service);
+                let input = ScoreInput {
+                    cfg: &self.cfg,
+                    kind,
+                    app: &app,
+                    parent_app: c.meta.parent_app.as_deref(),
+                    out,
+                    inb,
+                    service: &service,
+                    approved,
+                    view: &view,
+                    own_history: &own_history,
+                };
+                let scored = score_finding(&input);
+                if scored.score < self.cfg.alert_score {
+                    continue;
+                }
+                let at = c.end;
+                if self.first_ts.is_some_and(|f| {
+                    at.0 < f
+                        .0
+                        .saturating_add(self.cfg.learning_secs as i64 * 1_000_000)
+                }) {
+                    self.stats.learning += 1;
+                    continue;
+                }
+                if self
+                    .policy
+                    .suppression_for(&app, host, &service, at)
+                    .is_some()
+                {
+                    self.stats.suppressed += 1;
+                    continue;
+                }
+                if let Some((sev, when)) = last_alert {
+                    let realert_us = self.cfg.realert_secs as i64 * 1_000_000;
+                    if scored.severity <= sev && at.0 < when.0.saturating_add(realert_us) {
+                        self.stats.repeats += 1;
+                        continue;
+                    }
+                }
+                last_alert = Some((scored.severity, at));
+                let kind_s = match kind {
+                    FindingKind::Window => "window",
+                    FindingKind::Cumulative => "cumulative",
+                };
+                let mut destinations: Vec<Destination> = dests
+                    .iter()
+                    .map(|d| Destination {
+                        ip: d.ip.to_string(),
+                        port: d.port,
+                        domain: d.name.as_deref().map(str::to_string),
+                        service: d.service.to_string(),
+                        bytes_out: d.out,
+                        bytes_in: d.inb,
+                    })
+                    .collect();
+                destinations.sort_by(|a, b| b.bytes_out.cmp(&a.bytes_out).then(a.ip.cmp(&b.ip)));
+                destinations.truncate(10);
+                let alert = Alert {
+                    id: alert_id(host, c.meta.pid, c.meta.start.0, &app, kind_s, start.0),
+                    analytic: ANALYTIC.to_string(),
+                    host: host.to_string(),
+                    pid: c.meta.pid,
+                    ppid: c.meta.ppid,
+                    app: app.to_string(),
+                    exe: c.meta.exe.clone(),
+                    cmdline: c.meta.cmdline.clone(),
+                    user: c.meta.user.clone(),
+                    parent_app: c.meta.parent_app.as_deref().map(str::to_string),
+                    window_start: start.to_rfc3339(),
+                    window_end: c.end.to_rfc3339(),
+                    bytes_out: out,
+                    bytes_in: inb,
+                    ratio: round2(ratio_of(out, inb)),
+                    service: service.to_string(),
+                    destinations,
+                    score: round2(scored.score),
+                    severity: scored.severity,
+                    reasons: scored.reasons,
+                    kind: kind_s.to_string(),
+                    baseline: if scored.thin { "thin" } else { "established" }.to_string(),
+                    process_start: Some(c.meta.start.to_rfc3339()),
+                };
+                self.stats.alerts += 1;
+                self.alerts.push(alert);
+            }
+        }
+        // Write back the process's alert memory and day progress.
+        if let Some(h) = self.hosts.get_mut(host) {
+            if let Some(v) = h.procs.get_mut(&c.pid_index.0) {
+                if let Some(p) = v.iter_mut().find(|p| p.meta.start == c.pid_index.1) {
+                    p.last_alert = last_alert;
+                    if p.day == day {
+                        p.cum_judged_bucket = p.cum_judged_bucket.max(new_cum_bucket);
+                    }
+                }
+            }
+            // Fold the window into the host's day.
+            if c.out > 0 || c.inb > 0 {
+                let entry = h.app_days.entry((app.clone(), day)).or_default();
+                let before = entry.contribution(&app, day);
+                let mut changed = false;
+                if judged_ratio && entry.max_ratio.is_none_or(|m| rb > m) {
+                    entry.max_ratio = Some(rb);
+                    changed = true;
+                }
+                if entry.max_volume.is_none_or(|m| window_bucket > m) {
+                    entry.max_volume = Some(window_bucket);
+                    changed = true;
+                }
+                for d in &c.dests {
+                    if d.out >= self.cfg.upload_bytes {
+                        let up = entry.services.entry(d.service.to_string()).or_insert(false);
+                        if !*up {
+                            *up = true;
+                            changed = true;
+                        }
+                    }
+                }
+                if changed {
+                    entry.active = true;
+                    entry.running = true;
+                    let after = entry.contribution(&app, day);
+                    self.local.subtract(&before);
+                    self.local.add(&after);
+                }
+            }
+        }
+    }
+
+    fn peer_view(&self, app: &str, today: i64, own: &[AppDayStats]) -> crate::baseline::PeerView {
+        let horizon = self.cfg.horizon_days;
+        match &self.fleet {
+            None => self.local.peer_view(app, today, horizon, own),
+            Some(fleet) => {
+                // fleet − what we shipped + what we have now − the judged host.
+                let mut b = FleetBaseline::new();
+                let oldest = today - i64::from(horizon) + 1;
+                for src in [fleet, &self.local] {
+                    if let Some(days) = src.days_of(app) {
+                        for d in days.range(oldest..=today).map(|(_, v)| v) {
+                            b.add(d);
+                        }
+                    }
+                }
+                if let Some(days) = self.shipped.days_of(app) {
+                    for d in days.range(oldest..=today).map(|(_, v)| v) {
+                        b.subtract(d);
+                    }
+                }
+                b.peer_view(app, today, horizon, own)
+            }
+        }
+    }
+}
+
+fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
+    let end = w.start.saturating_add_us(window_us);
+    p.closed_through = p.closed_through.max(end);
+    ClosedWindow {
+        meta: p.meta.clone(),
+        start: w.start,
+        end,
+        out: w.out,
+        inb: w.inb,
+        dests: w.dests,
+        day_out: p.day_out,
+        day_in: p.day_in,
+        day_first: p.day_first,
+        day_dests: p.day_dests.clone(),
+        cum_judged_bucket: p.cum_judged_bucket,
+        last_alert: p.last_alert,
+        pid_index: (p.meta.pid, p.meta.start),
+    }
+}
+
+fn add_dest(v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
+    if let Some(e) = v.iter_mut().find(|e| e.ip == d.ip && e.port == d.port) {
+        e.out = e.out.saturating_add(d.out);
+        e.inb = e.inb.saturating_add(d.inb);
+        if e.name.is_none() && d.name.is_some() {
+            e.name = d.name.clone();
+            e.service = d.service.clone();
+        }
+    } else if v.len() < cap {
+        v.push(d.clone());
+    } else if let Some(min) = v.iter_mut().min_by_key(|e| e.out) {
+        // Keep the biggest destinations; the smallest absorbs the rest.
+        if d.out > min.out {
+            *min = d.clone();
+        }
+    }
+}
+
+/// The service that received the most bytes (ties: alphabetical).
+fn top_service(dests: &[DestAcc]) -> String {
+    let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in dests {
+        *by.entry(d.service.as_ref()).or_default() += d.out;
+    }
+    by.into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+        .map(|(s, _)| s.to_string())
+        .unwrap_or_else(|| OTHER.to_string())
+}
+
+pub fn ratio_of(out: u64, inb: u64) -> f64 {
+    out as f64 / (inb.max(1)) as f64
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
