@@ -20,12 +20,15 @@ struct Cli {
 enum Command {
     /// Certificates: a dev CA and the certificates of a local cluster.
     Certs(outflow_pki::CertsArgs),
+    /// Import Sysmon logs, Zeek logs and packet captures as telemetry JSONL.
+    Import(outflow_import::cli::ImportArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
         Command::Certs(args) => outflow_pki::run(args),
+        Command::Import(args) => outflow_import::cli::run(args),
     };
     match result {
         Ok(code) => code,
