@@ -493,11 +493,7 @@ impl FleetState {
         };
         days.iter()
             .map(|(day, by_collector)| {
-                let mut sum = AppDayStats {
-                    app: app.to_string(),
-                    day: *day,
-                    ..Default::default()
-                };
+                let mut sum = AppDayStats::empty(app, *day);
                 for p in by_collector.values() {
                     sum.merge(&p.stats);
                 }

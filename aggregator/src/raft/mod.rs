@@ -1,0 +1,16 @@
+//! Raft: the log storage, the replica driven by both the tokio node and the
+//! deterministic simulation, and the slog→tracing bridge.
+
+pub mod log;
+mod logger;
+pub mod replica;
+
+pub use log::{Disk, DiskError, LogOp, MemDisk, Persisted, RaftLog, SledDisk};
+pub use replica::{
+    single_change, Applied, AppliedKind, Bootstrap, ConfChangeContext, ReadyOutcome, Replica,
+    ReplicaConfig, ReplicaCounters, ReplicaError, ReplicaStatus,
+};
+
+/// raft-rs's protobuf types, for drivers and tests.
+pub use ::raft::eraftpb;
+pub use ::raft::StateRole;
