@@ -21,6 +21,8 @@
 //! - A process that sent traffic but whose EventID 1 is not in the log
 //!   (started before it) gets a `process_start` made from what its other
 //!   events say (image, user), dated at the start time encoded in its GUID.
+//! - A `process_start` is never later than the first event of its GUID
+//!   (Sysmon sometimes logs EventID 3 or 22 just before EventID 1).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -160,8 +162,14 @@ pub fn join(
             (None, Some(g)) => Some(pids.of(g, None)),
             (None, None) => None,
         };
+        // Sysmon can log a process's first connection or query a fraction
+        // of a second before its EventID 1: the process existed by then.
+        let ts = log
+            .procs
+            .get(&s.guid)
+            .map_or(s.ts, |p| p.first_seen.min(s.ts));
         events.push(Event::ProcessStart(ProcessStart {
-            ts: s.ts,
+            ts,
             host: s.host.clone(),
             pid,
             name: basename(&s.image).to_string(),

@@ -21,6 +21,7 @@ pub mod join;
 pub mod pcap;
 pub mod report;
 pub mod source;
+pub mod synthetic;
 pub mod sysmon;
 pub mod tls;
 pub mod zeek;
