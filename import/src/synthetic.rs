@@ -100,7 +100,7 @@ pub fn write_synthetic_upload(dir: &Path) -> std::io::Result<SyntheticUpload> {
         }
         c = c.wrapping_add(seg.len() as u32);
         out += seg.len() as u64;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             frames.push((t + 1_000, tcp(server, client, s, c, ACK, &[])));
         }
         t += 25_000;
