@@ -10,3 +10,7 @@ pub mod pb {
 mod convert;
 
 pub use convert::*;
+
+mod fleet_convert;
+
+pub use fleet_convert::*;
