@@ -1,9 +1,7 @@
 //! Fleet messages (fleet.proto) ↔ engine types: per-(app, day) partials,
 //! the fleet baseline and the shard map.
 
-use outflow_core::baseline::{
-    AppDayStats, FleetBaseline, ServiceCount, RATIO_BUCKETS, VOLUME_BUCKETS,
-};
+use outflow_core::baseline::{AppDayStats, FleetBaseline, RATIO_BUCKETS, VOLUME_BUCKETS};
 use outflow_core::shard::{Member, ShardMap};
 
 use crate::pb;
@@ -125,6 +123,7 @@ pub fn shard_map_from_pb(m: pb::ShardMap) -> ShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outflow_core::baseline::ServiceCount;
 
     #[test]
     fn partials_baselines_and_shard_maps_round_trip() {
