@@ -646,4 +646,27 @@ mod tests {
         assert_eq!(p, synthetic_pid("{D273D0F0-8078-5F67-CC06-000000000800}"));
         assert_ne!(p, synthetic_pid("{d273d0f0-8078-5f67-cc06-000000000801}"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_lines_never_panic(lines in proptest::collection::vec("\\PC{0,120}", 0..8)) {
+            let _ = read(&lines.join("\n"));
+        }
+
+        #[test]
+        fn mutated_records_never_panic(idx in 0usize..2000, byte in proptest::num::u8::ANY, cut in 0usize..2000) {
+            let rec = br#"{"EventID":3,"Channel":"Microsoft-Windows-Sysmon/Operational","Hostname":"h","UtcTime":"2024-05-01 12:00:04.000","ProcessGuid":"{b-5f678078-1}","ProcessId":"77","Image":"C:\\x\\p.exe","Protocol":"tcp","Initiated":"true","SourceIp":"::ffff:10.0.0.2","SourcePort":"50000","DestinationIp":"162.125.1.1","DestinationPort":"443"}"#;
+            let mut b = rec.to_vec();
+            let i = idx % b.len();
+            b[i] = byte;
+            b.truncate(cut % (b.len() + 1));
+            let mut log = SysmonLog::default();
+            let mut report = ImportReport::default();
+            read_reader("fuzz", &mut &b[..], &mut log, &mut report);
+            // Each line is used, skipped or rejected: never more outcomes than lines.
+            let lines = b.iter().filter(|c| **c == b'\n').count() as u64 + 1;
+            let outcomes = report.sysmon.rejected + report.sysmon.used + report.sysmon.skipped.values().sum::<u64>();
+            proptest::prop_assert!(outcomes <= lines);
+        }
+    }
 }
