@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Certificates: a dev CA and the certificates of a local cluster.
     Certs(outflow_pki::CertsArgs),
+    /// A collector: mTLS ingest, durable windows, scoring, OTLP alerts.
+    Collector(outflow_collector::CollectorArgs),
     /// Import Sysmon logs, Zeek logs and packet captures as telemetry JSONL.
     Import(outflow_import::cli::ImportArgs),
 }
@@ -28,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
         Command::Certs(args) => outflow_pki::run(args),
+        Command::Collector(args) => outflow_collector::run(args),
         Command::Import(args) => outflow_import::cli::run(args),
     };
     match result {

@@ -1,0 +1,191 @@
+//! The engine task: the one owner of the [`Engine`]. It replays the durable
+//! log on start, then takes durable batches, wall-clock ticks and feed
+//! updates, and turns the engine's alerts into durable outbox entries.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use outflow_core::alert::Alert;
+use outflow_core::baseline::AppDayStats;
+use outflow_core::engine::Engine;
+use outflow_core::Timestamp;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::fleet::FeedView;
+use crate::ingest::DurableBatch;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Messages to the engine task besides batches.
+pub enum Control {
+    Feed(FeedView),
+    Partials(oneshot::Sender<Vec<AppDayStats>>),
+    Hosts(oneshot::Sender<u64>),
+}
+
+/// Turns engine alerts into durable outbox entries (once per alert id).
+pub struct AlertRaiser {
+    pub store: Store,
+    pub sinks: Vec<&'static str>,
+    pub metrics: Arc<Metrics>,
+    pub notify: Arc<Notify>,
+}
+
+impl AlertRaiser {
+    pub fn raise(&self, alerts: Vec<Alert>) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for a in alerts {
+            let end = Timestamp::parse_rfc3339(&a.window_end)
+                .map(|t| t.as_micros())
+                .unwrap_or(0);
+            if self
+                .store
+                .raise_alert(&a.id, end, &a.to_json(), &self.sinks)?
+            {
+                n += 1;
+                tracing::info!(alert = %a.id, host = %a.host, app = %a.app, severity = %a.severity, "{}", a.summary());
+            }
+        }
+        if n > 0 {
+            self.metrics.alerts.fetch_add(n as u64, Ordering::Relaxed);
+            self.notify.notify_waiters();
+        }
+        Ok(n)
+    }
+}
+
+/// Rebuilds the engine from the batch log; returns the highest sequence per
+/// host found in the log (to repair high-water marks).
+pub fn replay(
+    engine: &mut Engine,
+    store: &Store,
+    raiser: &AlertRaiser,
+    metrics: &Metrics,
+) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    let mut seen = std::collections::HashMap::new();
+    let mut n = 0u64;
+    for sb in store.iter_log() {
+        let sb = sb?;
+        let host = sb.batch.host_id.clone();
+        let seq = sb.batch.sequence;
+        let e = seen.entry(host.clone()).or_insert(0u64);
+        *e = (*e).max(seq);
+        match outflow_proto::batch_events(sb.batch) {
+            Ok(events) => {
+                for ev in &events {
+                    engine.ingest(ev);
+                }
+                metrics
+                    .engine_events
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(host = %host, sequence = seq, error = %e, "stored batch no longer converts; skipped")
+            }
+        }
+        n += 1;
+        if n.is_multiple_of(1024) {
+            raiser.raise(engine.drain_alerts())?;
+        }
+    }
+    raiser.raise(engine.drain_alerts())?;
+    metrics.replayed_batches.fetch_add(n, Ordering::Relaxed);
+    Ok(seen)
+}
+
+/// Estimates "now" in event time: the newest event time seen, advanced by
+/// the wall-clock time since it last advanced. Live agents: ≈ wall clock.
+/// Historic data streamed fast: windows still close as data flows, and idle
+/// hosts' windows close once the stream pauses for `lateness`.
+struct EventClock {
+    max_ts: Timestamp,
+    at: Instant,
+}
+
+impl EventClock {
+    fn now(&mut self, engine_max: Timestamp) -> Timestamp {
+        if engine_max > self.max_ts {
+            self.max_ts = engine_max;
+            self.at = Instant::now();
+        }
+        if self.max_ts == Timestamp::MIN {
+            return Timestamp::MIN;
+        }
+        let elapsed = self.at.elapsed().as_micros().min(i64::MAX as u128) as i64;
+        self.max_ts.saturating_add_us(elapsed)
+    }
+}
+
+/// Runs the engine until the batch channel closes.
+pub async fn run_engine(
+    mut engine: Engine,
+    mut batches: mpsc::Receiver<DurableBatch>,
+    mut control: mpsc::Receiver<Control>,
+    raiser: AlertRaiser,
+    metrics: Arc<Metrics>,
+    tick: std::time::Duration,
+) {
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock = EventClock {
+        max_ts: Timestamp::MIN,
+        at: Instant::now(),
+    };
+    let lateness = engine.config().lateness_us();
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            b = batches.recv() => {
+                let Some(b) = b else { break };
+                metrics.engine_queue.fetch_sub(1, Ordering::Relaxed);
+                for ev in &b.events {
+                    engine.ingest(ev);
+                }
+                metrics.engine_events.fetch_add(b.events.len() as u64, Ordering::Relaxed);
+                let alerts = engine.drain_alerts();
+                if !alerts.is_empty() {
+                    if let Err(e) = raiser.raise(alerts) {
+                        tracing::error!(error = %e, "cannot store alerts");
+                    }
+                }
+            }
+            c = control.recv(), if control_open => {
+                match c {
+                    Some(Control::Feed(f)) => {
+                        if let Some((_, b)) = f.baseline {
+                            engine.set_fleet_baseline(b);
+                        }
+                        if let Some((v, p)) = f.policy {
+                            tracing::debug!(version = v, "policy applied");
+                            engine.set_policy(p);
+                        }
+                        metrics.feed_updates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Control::Partials(tx)) => {
+                        let _ = tx.send(engine.local_partials());
+                    }
+                    Some(Control::Hosts(tx)) => {
+                        let _ = tx.send(engine.stats().hosts);
+                    }
+                    None => control_open = false,
+                }
+            }
+            _ = ticker.tick() => {
+                let now = clock.now(engine.max_ts());
+                if now != Timestamp::MIN {
+                    engine.advance_to(now.saturating_sub_us(lateness));
+                }
+                let st = engine.stats();
+                metrics.windows_closed.store(st.windows_closed, Ordering::Relaxed);
+                metrics.late_records.store(st.late_records, Ordering::Relaxed);
+                let alerts = engine.drain_alerts();
+                if !alerts.is_empty() {
+                    if let Err(e) = raiser.raise(alerts) {
+                        tracing::error!(error = %e, "cannot store alerts");
+                    }
+                }
+            }
+        }
+    }
+}

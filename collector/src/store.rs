@@ -1,0 +1,449 @@
+//! The collector's durable state in sled.
+//!
+//! The batch log is the source of truth: every acknowledged batch is in it
+//! (kept for the retention period), and the engine is rebuilt on start by
+//! replaying it in arrival order. Two sled trees, each written with atomic
+//! `apply_batch` so a crash never separates related keys:
+//!
+//! * `ingest`: `L<idx>` → a batch (arrival time, event-time span, the prost
+//!   `Batch` bytes); `H<host>` → the highest sequence accepted for the host
+//!   (dedup, survives restarts); `I<host>\0<max_ts><idx>` → `<min_ts>`, an
+//!   index for evidence by host and time.
+//! * `alerts`: `A<id>` → the alert JSON (dedup by stable id, evidence);
+//!   `T<window_end><id>` (for compaction); `O<sink>\0<idx>` → alert JSON, one
+//!   durable outbox per sink, deleted only after a confirmed delivery.
+//! * `meta`: counters (partials epoch).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use outflow_proto::pb;
+use prost::Message;
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled database at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// One batch as stored in the log.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    pub idx: u64,
+    pub arrival_ms: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub batch: pb::Batch,
+}
+
+/// A batch to append: its host and sequence, the event-time span and the
+/// encoded prost bytes.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub host: String,
+    pub sequence: u64,
+    pub arrival_ms: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    ingest: sled::Tree,
+    alerts: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn be(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+/// Order-preserving encoding of an i64 (sign bit flipped, big endian).
+fn ord_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn from_ord_i64(b: &[u8]) -> Option<i64> {
+    let a: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(a) ^ (1 << 63)) as i64)
+}
+
+fn read_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+fn log_key(idx: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'L');
+    k.extend_from_slice(&be(idx));
+    k
+}
+
+fn hwm_key(host: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + host.len());
+    k.push(b'H');
+    k.extend_from_slice(host.as_bytes());
+    k
+}
+
+fn index_key(host: &str, max_ts: i64, idx: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18 + host.len());
+    k.push(b'I');
+    k.extend_from_slice(host.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&ord_i64(max_ts));
+    k.extend_from_slice(&be(idx));
+    k
+}
+
+fn outbox_prefix(sink: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + sink.len());
+    k.push(b'O');
+    k.extend_from_slice(sink.as_bytes());
+    k.push(0);
+    k
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 << 20)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(Store {
+            ingest: db.open_tree("ingest")?,
+            alerts: db.open_tree("alerts")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable (one fsync for all writers:
+    /// the group commit).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The highest accepted sequence of every host.
+    pub fn load_high_water(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let mut out = HashMap::new();
+        for kv in self.ingest.scan_prefix(b"H") {
+            let (k, v) = kv?;
+            let host = String::from_utf8_lossy(&k[1..]).into_owned();
+            let seq = read_u64(&v).ok_or_else(|| StoreError::Corrupt {
+                key: format!("H{host}"),
+                reason: "sequence is not 8 bytes".into(),
+            })?;
+            out.insert(host, seq);
+        }
+        Ok(out)
+    }
+
+    /// Appends batches (not yet durable: call [`flush`](Self::flush)). Each
+    /// batch and its host's new high-water mark are written atomically.
+    pub fn append(&self, batches: &[NewBatch]) -> Result<(), StoreError> {
+        let mut wb = sled::Batch::default();
+        let mut hwm: HashMap<&str, u64> = HashMap::new();
+        for b in batches {
+            let idx = self.db.generate_id()?;
+            let mut v = Vec::with_capacity(24 + b.bytes.len());
+            v.extend_from_slice(&b.arrival_ms.to_be_bytes());
+            v.extend_from_slice(&b.min_ts.to_be_bytes());
+            v.extend_from_slice(&b.max_ts.to_be_bytes());
+            v.extend_from_slice(&b.bytes);
+            wb.insert(log_key(idx), v);
+            wb.insert(
+                index_key(&b.host, b.max_ts, idx),
+                ord_i64(b.min_ts).to_vec(),
+            );
+            let e = hwm.entry(b.host.as_str()).or_insert(0);
+            *e = (*e).max(b.sequence);
+        }
+        for (host, seq) in hwm {
+            wb.insert(hwm_key(host), be(seq).to_vec());
+        }
+        self.ingest.apply_batch(wb)?;
+        Ok(())
+    }
+
+    fn decode_log(k: &[u8], v: &[u8]) -> Result<StoredBatch, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: format!("L{:?}", read_u64(&k[1..])),
+            reason,
+        };
+        let idx = read_u64(&k[1..]).ok_or_else(|| corrupt("short key".into()))?;
+        if v.len() < 24 {
+            return Err(corrupt("short value".into()));
+        }
+        let num = |r: std::ops::Range<usize>| i64::from_be_bytes(v[r].try_into().unwrap_or([0; 8]));
+        let batch = pb::Batch::decode(&v[24..]).map_err(|e| corrupt(e.to_string()))?;
+        Ok(StoredBatch {
+            idx,
+            arrival_ms: num(0..8),
+            min_ts: num(8..16),
+            max_ts: num(16..24),
+            batch,
+        })
+    }
+
+    /// Every stored batch in arrival order (replay on start).
+    pub fn iter_log(&self) -> impl Iterator<Item = Result<StoredBatch, StoreError>> + '_ {
+        self.ingest.scan_prefix(b"L").map(|kv| {
+            let (k, v) = kv?;
+            Self::decode_log(&k, &v)
+        })
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.ingest.scan_prefix(b"L").count()
+    }
+
+    /// The batches of `host` whose events may fall in `[start, end]`
+    /// (event time, microseconds).
+    pub fn batches_of_host(
+        &self,
+        host: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<StoredBatch>, StoreError> {
+        let from = index_key(host, start, 0);
+        let mut to = Vec::with_capacity(2 + host.len());
+        to.push(b'I');
+        to.extend_from_slice(host.as_bytes());
+        to.push(1);
+        let mut out = Vec::new();
+        for kv in self.ingest.range(from..to) {
+            let (k, v) = kv?;
+            let Some(min_ts) = from_ord_i64(&v) else {
+                continue;
+            };
+            if min_ts > end {
+                continue;
+            }
+            let Some(idx) = read_u64(&k[k.len() - 8..]) else {
+                continue;
+            };
+            if let Some(v) = self.ingest.get(log_key(idx))? {
+                out.push(Self::decode_log(&log_key(idx), &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes batches that arrived before `cutoff_ms` and alerts whose
+    /// window ended before `cutoff_us`. High-water marks stay (dedup).
+    /// Returns (batches, alerts) removed.
+    pub fn compact(&self, cutoff_ms: i64, cutoff_us: i64) -> Result<(u64, u64), StoreError> {
+        let mut wb = sled::Batch::default();
+        let mut batches = 0;
+        for kv in self.ingest.scan_prefix(b"L") {
+            let (k, v) = kv?;
+            let sb = Self::decode_log(&k, &v)?;
+            if sb.arrival_ms >= cutoff_ms {
+                break;
+            }
+            wb.remove(k);
+            wb.remove(index_key(&sb.batch.host_id, sb.max_ts, sb.idx));
+            batches += 1;
+        }
+        self.ingest.apply_batch(wb)?;
+        let mut wb = sled::Batch::default();
+        let mut alerts = 0;
+        let mut to = vec![b'T'];
+        to.extend_from_slice(&ord_i64(cutoff_us));
+        for kv in self.alerts.range(b"T".to_vec()..to) {
+            let (k, _) = kv?;
+            wb.remove(k.clone());
+            let mut ak = vec![b'A'];
+            ak.extend_from_slice(&k[9..]);
+            wb.remove(ak);
+            alerts += 1;
+        }
+        self.alerts.apply_batch(wb)?;
+        Ok((batches, alerts))
+    }
+
+    /// Whether an alert with this id was already raised.
+    pub fn has_alert(&self, id: &str) -> Result<bool, StoreError> {
+        let mut k = vec![b'A'];
+        k.extend_from_slice(id.as_bytes());
+        Ok(self.alerts.contains_key(k)?)
+    }
+
+    /// The JSON of a raised alert.
+    pub fn alert_json(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let mut k = vec![b'A'];
+        k.extend_from_slice(id.as_bytes());
+        Ok(self
+            .alerts
+            .get(k)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records a new alert and queues it in every sink's outbox, atomically.
+    /// Returns false (and writes nothing) when the id is already known.
+    pub fn raise_alert(
+        &self,
+        id: &str,
+        window_end_us: i64,
+        json: &str,
+        sinks: &[&str],
+    ) -> Result<bool, StoreError> {
+        if self.has_alert(id)? {
+            return Ok(false);
+        }
+        let mut wb = sled::Batch::default();
+        let mut k = vec![b'A'];
+        k.extend_from_slice(id.as_bytes());
+        wb.insert(k, json.as_bytes());
+        let mut t = vec![b'T'];
+        t.extend_from_slice(&ord_i64(window_end_us));
+        t.extend_from_slice(id.as_bytes());
+        wb.insert(t, &[][..]);
+        for s in sinks {
+            let mut o = outbox_prefix(s);
+            o.extend_from_slice(&be(self.db.generate_id()?));
+            wb.insert(o, json.as_bytes());
+        }
+        self.alerts.apply_batch(wb)?;
+        Ok(true)
+    }
+
+    /// Up to `max` queued alerts of a sink, oldest first: (key, json).
+    pub fn outbox_peek(
+        &self,
+        sink: &str,
+        max: usize,
+    ) -> Result<Vec<(sled::IVec, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.alerts.scan_prefix(outbox_prefix(sink)).take(max) {
+            let (k, v) = kv?;
+            out.push((k, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Removes delivered entries and makes the removal durable.
+    pub async fn outbox_ack(&self, keys: &[sled::IVec]) -> Result<(), StoreError> {
+        let mut wb = sled::Batch::default();
+        for k in keys {
+            wb.remove(k.clone());
+        }
+        self.alerts.apply_batch(wb)?;
+        self.flush().await
+    }
+
+    pub fn outbox_len(&self, sink: &str) -> usize {
+        self.alerts.scan_prefix(outbox_prefix(sink)).count()
+    }
+
+    /// Next partials epoch (persistent, strictly increasing).
+    pub fn next_epoch(&self) -> Result<u64, StoreError> {
+        let v = self.meta.update_and_fetch(b"epoch", |old| {
+            let n = old.and_then(read_u64).unwrap_or(0) + 1;
+            Some(be(n).to_vec())
+        })?;
+        Ok(v.as_deref().and_then(read_u64).unwrap_or(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nb(host: &str, seq: u64, arrival_ms: i64, ts: i64) -> NewBatch {
+        let b = pb::Batch {
+            host_id: host.into(),
+            sequence: seq,
+            ..Default::default()
+        };
+        NewBatch {
+            host: host.into(),
+            sequence: seq,
+            arrival_ms,
+            min_ts: ts,
+            max_ts: ts + 1_000_000,
+            bytes: b.encode_to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn log_high_water_and_index_survive_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(tmp.path()).unwrap();
+            s.append(&[nb("a", 1, 10, 0), nb("b", 1, 11, 0)]).unwrap();
+            s.append(&[nb("a", 2, 12, 60_000_000)]).unwrap();
+            s.flush().await.unwrap();
+        }
+        let s = Store::open(tmp.path()).unwrap();
+        let hwm = s.load_high_water().unwrap();
+        assert_eq!(hwm.get("a"), Some(&2));
+        assert_eq!(hwm.get("b"), Some(&1));
+        let order: Vec<(String, u64)> = s
+            .iter_log()
+            .map(|b| {
+                let b = b.unwrap();
+                (b.batch.host_id, b.batch.sequence)
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]
+        );
+        let found = s.batches_of_host("a", 50_000_000, 70_000_000).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].batch.sequence, 2);
+        assert!(s.batches_of_host("c", 0, i64::MAX).unwrap().is_empty());
+        // Compaction removes old batches, keeps the high-water marks.
+        let (b, _) = s.compact(12, 0).unwrap();
+        assert_eq!(b, 2);
+        assert_eq!(s.log_len(), 1);
+        assert_eq!(s.load_high_water().unwrap().get("b"), Some(&1));
+        assert!(s.batches_of_host("a", 0, 10_000_000).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn alerts_are_raised_once_and_outboxes_drain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        assert!(s
+            .raise_alert("x1", 100, "{\"id\":\"x1\"}", &["otlp", "file"])
+            .unwrap());
+        assert!(!s
+            .raise_alert("x1", 100, "{\"id\":\"x1\"}", &["otlp", "file"])
+            .unwrap());
+        assert!(s
+            .raise_alert("x2", 200, "{\"id\":\"x2\"}", &["otlp"])
+            .unwrap());
+        assert_eq!(s.outbox_len("otlp"), 2);
+        assert_eq!(s.outbox_len("file"), 1);
+        let peek = s.outbox_peek("otlp", 10).unwrap();
+        assert_eq!(peek[0].1, "{\"id\":\"x1\"}");
+        s.outbox_ack(&[peek[0].0.clone()]).await.unwrap();
+        assert_eq!(s.outbox_len("otlp"), 1);
+        assert_eq!(s.outbox_len("file"), 1);
+        let (_, a) = s.compact(0, 150).unwrap();
+        assert_eq!(a, 1);
+        assert!(!s.has_alert("x1").unwrap());
+        assert!(s.has_alert("x2").unwrap());
+        assert_eq!(s.next_epoch().unwrap(), 1);
+        assert_eq!(s.next_epoch().unwrap(), 2);
+    }
+}
