@@ -24,7 +24,7 @@
 //! - A `process_start` is never later than the first event of its GUID
 //!   (Sysmon sometimes logs EventID 3 or 22 just before EventID 1).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use outflow_core::telemetry::{DnsRecord, Event, NetRecord, ProcessEnd, ProcessStart, Transport};
@@ -71,7 +71,8 @@ struct NetAcc {
 /// (protocol, one end, the other end).
 type FiveTuple = (Transport, (IpAddr, u16), (IpAddr, u16));
 
-type NetKey = (String, u32, Transport, IpAddr, u16, i64);
+/// (host id, pid, protocol, destination address, port, interval index).
+type NetKey = (u32, u32, Transport, IpAddr, u16, i64);
 
 fn kind_rank(e: &Event) -> u8 {
     match e {
@@ -234,7 +235,19 @@ pub fn join(
         })
     };
     let mut joined_conns: HashSet<usize> = HashSet::new();
-    let mut acc: BTreeMap<NetKey, NetAcc> = BTreeMap::new();
+    let mut acc: HashMap<NetKey, NetAcc> = HashMap::new();
+    // Host names interned: the accumulator is keyed by a small integer.
+    let mut host_ids: HashMap<String, u32> = HashMap::new();
+    let mut host_names: Vec<String> = Vec::new();
+    let mut intern = |h: String| -> u32 {
+        if let Some(id) = host_ids.get(&h) {
+            return *id;
+        }
+        let id = host_names.len() as u32;
+        host_names.push(h.clone());
+        host_ids.insert(h, id);
+        id
+    };
     report.flows = net.flows.len() as u64;
     for mut f in net.flows {
         let mut hit = find(&f, f.client, f.server);
@@ -262,6 +275,7 @@ pub fn join(
                 (host_of_ip(&f.client.0), 0)
             }
         };
+        let host = intern(host);
         if f.buckets.is_empty() {
             f.add(f.last_us, 0, 0, interval);
             let at = f.last_us.div_euclid(interval);
@@ -269,7 +283,7 @@ pub fn join(
         }
         for (idx, b) in &f.buckets {
             let a = acc
-                .entry((host.clone(), pid, f.proto, f.server.0, f.server.1, *idx))
+                .entry((host, pid, f.proto, f.server.0, f.server.1, *idx))
                 .or_default();
             a.out += b.out;
             a.inb += b.inb;
@@ -290,22 +304,20 @@ pub fn join(
         }
         let pid = pids.of(&c.guid, c.pid);
         let t = c.ts.as_micros();
+        let host = intern(c.host.clone());
         let a = acc
-            .entry((
-                c.host.clone(),
-                pid,
-                c.proto,
-                c.dst.0,
-                c.dst.1,
-                t.div_euclid(interval),
-            ))
+            .entry((host, pid, c.proto, c.dst.0, c.dst.1, t.div_euclid(interval)))
             .or_default();
         a.last_us = a.last_us.max(t);
     }
+    // A deterministic order (the final sort is stable): by time, then key.
+    let mut acc: Vec<(NetKey, NetAcc)> = acc.into_iter().collect();
+    acc.sort_unstable_by(|(ka, a), (kb, b)| (a.last_us, ka).cmp(&(b.last_us, kb)));
+    events.reserve(acc.len());
     for ((host, pid, proto, dst_ip, dst_port, _), a) in acc {
         events.push(Event::Net(NetRecord {
             ts: Timestamp(a.last_us),
-            host,
+            host: host_names[host as usize].clone(),
             pid,
             proto,
             dst_ip,

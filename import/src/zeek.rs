@@ -411,8 +411,10 @@ fn read_reader(
                 "a TSV row before any #fields header".into(),
             ))
         } else {
-            let sep = String::from_utf8_lossy(&tsv.sep).to_string();
-            let cols: Vec<&str> = line.split(sep.as_str()).collect();
+            let cols: Vec<&str> = match tsv.sep.as_slice() {
+                [b] if b.is_ascii() => line.split(char::from(*b)).collect(),
+                sep => line.split(String::from_utf8_lossy(sep).as_ref()).collect(),
+            };
             if cols.len() != tsv.fields.len() {
                 Err((
                     "column_count",
