@@ -20,6 +20,10 @@ struct Cli {
 enum Command {
     /// Certificates: a dev CA and the certificates of a local cluster.
     Certs(outflow_pki::CertsArgs),
+    /// One aggregator (Raft) node: fleet baselines, shard map, policy, admin API.
+    Aggregator(outflow_aggregator::AggregatorArgs),
+    /// Query and administer the aggregator cluster through its admin API.
+    Ctl(outflow_aggregator::ctl::CtlArgs),
     /// A collector: mTLS ingest, durable windows, scoring, OTLP alerts.
     Collector(outflow_collector::CollectorArgs),
     /// Import Sysmon logs, Zeek logs and packet captures as telemetry JSONL.
@@ -30,6 +34,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
         Command::Certs(args) => outflow_pki::run(args),
+        Command::Aggregator(a) => outflow_aggregator::run(a),
+        Command::Ctl(a) => outflow_aggregator::ctl::run(a),
         Command::Collector(args) => outflow_collector::run(args),
         Command::Import(args) => outflow_import::cli::run(args),
     };

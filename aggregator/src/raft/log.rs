@@ -128,7 +128,7 @@ impl Persisted {
 }
 
 /// Where the log is persisted.
-pub trait Disk: Send + 'static {
+pub trait Disk: Send + Sync + 'static {
     /// Everything persisted so far (on start and after a crash).
     fn load(&self) -> Result<Persisted, DiskError>;
     /// Apply `ops` atomically; with `sync`, durably before returning.
