@@ -26,7 +26,7 @@ pub struct AggregatorConfig {
     /// Run without TLS (tests and benchmarks on loopback only).
     pub insecure_plaintext: bool,
     /// Start empty and wait to be added (`outflow ctl node add`) instead of
-    /// founding the group from `peers`.
+    /// founding the group from `peers` (then used only as addresses).
     pub join: bool,
     /// Raft tick, milliseconds.
     pub tick_ms: u64,
@@ -211,7 +211,8 @@ pub struct AggregatorArgs {
     /// No TLS at all (loopback tests and benchmarks only).
     #[arg(long)]
     pub insecure_plaintext: bool,
-    /// Start empty and wait to be added by `outflow ctl node add`.
+    /// Start empty and wait to be added by `outflow ctl node add`; give
+    /// `--peers` of the existing members so this node can answer them.
     #[arg(long)]
     pub join: bool,
     #[arg(long)]

@@ -88,8 +88,9 @@ pub async fn start_aggregator(cfg: AggregatorConfig) -> anyhow::Result<RunningAg
         collector_timeout_ms: cfg.collector_timeout_ms,
     };
     let tls_for_transport = client_tls.clone();
+    let configured = cfg.peer_map();
     let node = Node::start(opts, disk, move |h| {
-        Box::new(GrpcTransport::new(rt, h, tls_for_transport))
+        Box::new(GrpcTransport::new(rt, h, tls_for_transport, configured))
     })
     .context("starting the Raft node")?;
     let handle = node.handle.clone();

@@ -308,6 +308,9 @@ struct RaftLoop<D: Disk> {
     pending_reads: BTreeMap<Vec<u8>, (ReadReply, Instant)>,
     waiting_reads: Vec<(u64, ReadReply, Instant)>,
     last_collector_check: Instant,
+    /// Removed from the group: no more ticks or messages (a removed leader
+    /// would otherwise keep leading a group it is not part of).
+    removed: bool,
 }
 
 /// Inputs handled per loop turn at most: one turn = one fsync.
@@ -333,6 +336,7 @@ impl<D: Disk> RaftLoop<D> {
             pending_reads: BTreeMap::new(),
             waiting_reads: Vec::new(),
             last_collector_check: Instant::now(),
+            removed: false,
         }
     }
 
@@ -372,7 +376,9 @@ impl<D: Disk> RaftLoop<D> {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if Instant::now() >= next_tick {
-                self.replica.tick();
+                if !self.removed {
+                    self.replica.tick();
+                }
                 next_tick = Instant::now() + self.opts.tick;
                 self.housekeeping();
             }
@@ -401,6 +407,7 @@ impl<D: Disk> RaftLoop<D> {
 
     fn handle(&mut self, input: Input) {
         match input {
+            Input::Raft(_) if self.removed => {}
             Input::Raft(m) => {
                 if let Err(e) = self.replica.step(m) {
                     tracing::debug!(error = %e, "raft message ignored");
@@ -462,7 +469,14 @@ impl<D: Disk> RaftLoop<D> {
     fn ready(&mut self) -> Result<(), ReplicaError> {
         let transport = &self.transport;
         let out = self.replica.on_ready(&mut |msgs| transport.send(msgs))?;
+        let was_member = !self.removed;
         for a in out.applied {
+            if let AppliedKind::ConfChange(Ok(_)) = &a.kind {
+                if was_member && !self.replica.is_member() {
+                    tracing::warn!(node = self.replica.id(), index = a.index, "this node was removed from the Raft group; it stops taking part (stop the process)");
+                    self.removed = true;
+                }
+            }
             if a.context.is_empty() {
                 continue;
             }

@@ -27,6 +27,9 @@ pub struct GrpcTransport {
     state: Arc<RwLock<FleetState>>,
     tls: Option<ClientTlsConfig>,
     input: Sender<Input>,
+    /// Addresses from the configuration, used until the replicated state
+    /// knows better (a joining node has no state yet).
+    configured: BTreeMap<u64, String>,
 }
 
 impl GrpcTransport {
@@ -34,6 +37,7 @@ impl GrpcTransport {
         rt: tokio::runtime::Handle,
         node: &NodeHandle,
         tls: Option<ClientTlsConfig>,
+        configured: BTreeMap<u64, String>,
     ) -> Self {
         Self {
             rt,
@@ -41,12 +45,16 @@ impl GrpcTransport {
             state: node.state().clone(),
             tls,
             input: node.input().clone(),
+            configured,
         }
     }
 
     fn address(&self, id: u64) -> Option<String> {
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        st.raft_peers().get(&id).cloned()
+        st.raft_peers()
+            .get(&id)
+            .or_else(|| self.configured.get(&id))
+            .cloned()
     }
 }
 

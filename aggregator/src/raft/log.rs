@@ -334,12 +334,14 @@ impl Disk for SledDisk {
 /// raft-rs `Storage` over the cached log; clones share one log.
 pub struct RaftLog<D: Disk> {
     inner: Arc<RwLock<LogInner<D>>>,
+    wanted: Arc<SnapshotWanted>,
 }
 
 impl<D: Disk> Clone for RaftLog<D> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            wanted: self.wanted.clone(),
         }
     }
 }
@@ -349,12 +351,25 @@ struct LogInner<D> {
     disk: D,
 }
 
+/// Set when raft-rs asked for a snapshot the log does not have (none yet, or
+/// one whose configuration lacks the receiving node): the replica then takes
+/// a fresh one and raft-rs asks again.
+#[derive(Default)]
+pub struct SnapshotWanted(std::sync::atomic::AtomicBool);
+
+impl SnapshotWanted {
+    pub fn take(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
 impl<D: Disk> RaftLog<D> {
     /// Load the log from `disk`.
     pub fn open(disk: D) -> Result<Self, DiskError> {
         let cache = disk.load()?;
         Ok(Self {
             inner: Arc::new(RwLock::new(LogInner { cache, disk })),
+            wanted: Arc::default(),
         })
     }
 
@@ -369,6 +384,11 @@ impl<D: Disk> RaftLog<D> {
             g.cache.apply(op)?;
         }
         Ok(())
+    }
+
+    /// Whether raft-rs asked for a snapshot this log could not give.
+    pub fn snapshot_wanted(&self) -> &SnapshotWanted {
+        &self.wanted
     }
 
     /// A copy of what is persisted (small fields only are cheap).
@@ -437,9 +457,18 @@ impl<D: Disk> raft::Storage for RaftLog<D> {
         Ok(self.with(|p| p.last_index()))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         self.with(|p| {
-            if p.snapshot.is_empty() {
+            let m = p.snapshot.get_metadata();
+            let cs = m.get_conf_state();
+            let knows_to = cs.voters.contains(&to)
+                || cs.learners.contains(&to)
+                || cs.voters_outgoing.contains(&to)
+                || cs.learners_next.contains(&to);
+            if p.snapshot.is_empty() || m.index < request_index || !knows_to {
+                self.wanted
+                    .0
+                    .store(true, std::sync::atomic::Ordering::Release);
                 Err(store_err(StorageError::SnapshotTemporarilyUnavailable))
             } else {
                 Ok(p.snapshot.clone())

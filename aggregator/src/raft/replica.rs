@@ -255,6 +255,16 @@ impl<D: Disk> Replica<D> {
         Ok(self.raw.step(m)?)
     }
 
+    /// Whether this node is still in the group's configuration.
+    pub fn is_member(&self) -> bool {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let id = self.cfg.id;
+        conf.voters.contains(&id)
+            || conf.learners.contains(&id)
+            || conf.voters_outgoing.contains(&id)
+            || conf.learners_next.contains(&id)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
@@ -461,7 +471,8 @@ impl<D: Disk> Replica<D> {
 
     fn maybe_snapshot(&mut self, out: &mut ReadyOutcome) -> Result<(), ReplicaError> {
         let applied = self.raw.raft.raft_log.applied;
-        if applied < self.last_snapshot + self.cfg.snapshot_interval.max(1) {
+        let wanted = self.log.snapshot_wanted().take() && applied > self.last_snapshot;
+        if !wanted && applied < self.last_snapshot + self.cfg.snapshot_interval.max(1) {
             return Ok(());
         }
         let term = self.log.with(|p| p.term(applied));
