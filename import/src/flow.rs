@@ -38,8 +38,6 @@ pub struct Flow {
     /// TLS server name from the ClientHello (pcap) or ssl.log (Zeek).
     pub sni: Option<String>,
     pub origin: FlowOrigin,
-    /// Where the flow was first seen, for messages.
-    pub location: String,
 }
 
 impl Flow {
@@ -49,7 +47,6 @@ impl Flow {
         server: (IpAddr, u16),
         ts_us: i64,
         origin: FlowOrigin,
-        location: String,
     ) -> Flow {
         Flow {
             proto,
@@ -60,7 +57,6 @@ impl Flow {
             buckets: BTreeMap::new(),
             sni: None,
             origin,
-            location,
         }
     }
 
@@ -128,14 +124,7 @@ mod tests {
     #[test]
     fn buckets_split_by_interval() {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let mut f = Flow::new(
-            Transport::Tcp,
-            (ip, 1000),
-            (ip, 443),
-            0,
-            FlowOrigin::Pcap,
-            "t".into(),
-        );
+        let mut f = Flow::new(Transport::Tcp, (ip, 1000), (ip, 443), 0, FlowOrigin::Pcap);
         f.add(1_000_000, 10, 1, 60_000_000);
         f.add(59_000_000, 5, 0, 60_000_000);
         f.add(61_000_000, 7, 3, 60_000_000);

@@ -125,6 +125,40 @@ fn dedup_zeek_against_pcap(flows: &mut Vec<Flow>, skew_us: i64, report: &mut Imp
     report.duplicates += (before - flows.len()) as u64;
 }
 
+/// Host names interned to small integers (the accumulator's key), with the
+/// name of each client address looked up once.
+#[derive(Default)]
+struct HostTable {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+    by_ip: HashMap<IpAddr, u32>,
+}
+
+impl HostTable {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// The Sysmon host name of `ip` if Sysmon showed it, else the address.
+    fn id_of_ip(&mut self, ip: IpAddr, ip_host: &HashMap<IpAddr, String>) -> u32 {
+        if let Some(id) = self.by_ip.get(&ip) {
+            return *id;
+        }
+        let id = match ip_host.get(&ip) {
+            Some(name) => self.id(name),
+            None => self.id(&ip.to_string()),
+        };
+        self.by_ip.insert(ip, id);
+        id
+    }
+}
+
 /// Joins Sysmon and network data into sorted contract events.
 pub fn join(
     log: SysmonLog,
@@ -237,17 +271,7 @@ pub fn join(
     let mut joined_conns: HashSet<usize> = HashSet::new();
     let mut acc: HashMap<NetKey, NetAcc> = HashMap::new();
     // Host names interned: the accumulator is keyed by a small integer.
-    let mut host_ids: HashMap<String, u32> = HashMap::new();
-    let mut host_names: Vec<String> = Vec::new();
-    let mut intern = |h: String| -> u32 {
-        if let Some(id) = host_ids.get(&h) {
-            return *id;
-        }
-        let id = host_names.len() as u32;
-        host_names.push(h.clone());
-        host_ids.insert(h, id);
-        id
-    };
+    let mut hosts = HostTable::default();
     report.flows = net.flows.len() as u64;
     for mut f in net.flows {
         let mut hit = find(&f, f.client, f.server);
@@ -265,17 +289,16 @@ pub fn join(
                 if !started.contains(c.guid.as_str()) {
                     need_start.insert(c.guid.clone());
                 }
-                (c.host.clone(), pids.of(&c.guid, c.pid))
+                (hosts.id(&c.host), pids.of(&c.guid, c.pid))
             }
             None => {
                 report.flows_unmatched += 1;
                 if ip_host.contains_key(&f.client.0) {
                     report.flows_unmatched_on_sysmon_hosts += 1;
                 }
-                (host_of_ip(&f.client.0), 0)
+                (hosts.id_of_ip(f.client.0, &ip_host), 0)
             }
         };
-        let host = intern(host);
         if f.buckets.is_empty() {
             f.add(f.last_us, 0, 0, interval);
             let at = f.last_us.div_euclid(interval);
@@ -304,7 +327,7 @@ pub fn join(
         }
         let pid = pids.of(&c.guid, c.pid);
         let t = c.ts.as_micros();
-        let host = intern(c.host.clone());
+        let host = hosts.id(&c.host);
         let a = acc
             .entry((host, pid, c.proto, c.dst.0, c.dst.1, t.div_euclid(interval)))
             .or_default();
@@ -317,7 +340,7 @@ pub fn join(
     for ((host, pid, proto, dst_ip, dst_port, _), a) in acc {
         events.push(Event::Net(NetRecord {
             ts: Timestamp(a.last_us),
-            host: host_names[host as usize].clone(),
+            host: hosts.names[host as usize].clone(),
             pid,
             proto,
             dst_ip,

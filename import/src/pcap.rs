@@ -56,8 +56,7 @@ struct Packet {
     payload: Option<Box<[u8]>>,
     /// UDP: hash of the payload, to recognise the same datagram in two captures.
     hash: u64,
-    /// Capture name and packet number, for messages.
-    origin: u32,
+    /// Packet number in its capture (a stable sort key).
     number: u64,
 }
 
@@ -257,7 +256,7 @@ impl CaptureSet {
             ..FlowTable::default()
         };
         for p in &self.packets {
-            table.packet(p, &self.names, net, report);
+            table.packet(p, net, report);
         }
         for f in table.tcp {
             net.flows.push(f.flow);
@@ -360,7 +359,6 @@ fn decode(
         len: 0,
         payload: None,
         hash: 0,
-        origin: capture,
         number,
     };
     match pl.ip_number.0 {
@@ -539,28 +537,14 @@ struct FlowTable {
 }
 
 impl FlowTable {
-    fn packet(
-        &mut self,
-        p: &Packet,
-        names: &[String],
-        net: &mut NetworkData,
-        report: &mut ImportReport,
-    ) {
+    fn packet(&mut self, p: &Packet, net: &mut NetworkData, report: &mut ImportReport) {
         match p.proto {
-            Transport::Tcp => self.tcp_packet(p, names),
-            Transport::Udp => self.udp_packet(p, names, net, report),
+            Transport::Tcp => self.tcp_packet(p),
+            Transport::Udp => self.udp_packet(p, net, report),
         }
     }
 
-    fn location(p: &Packet, names: &[String]) -> String {
-        let n = names
-            .get(p.origin as usize)
-            .map(String::as_str)
-            .unwrap_or("?");
-        format!("{n}: packet {}", p.number)
-    }
-
-    fn tcp_packet(&mut self, p: &Packet, names: &[String]) {
+    fn tcp_packet(&mut self, p: &Packet) {
         let k = key(p);
         let pure_syn = p.flags & SYN != 0 && p.flags & ACK == 0;
         let existing = self.current.get(&k).copied();
@@ -575,7 +559,7 @@ impl FlowTable {
                         || f.dir[0].bytes > 0
                         || f.dir[1].bytes > 0)
                 {
-                    self.new_tcp(p, &k, true, names)
+                    self.new_tcp(p, &k, true)
                 } else {
                     i
                 }
@@ -586,7 +570,7 @@ impl FlowTable {
                 } else {
                     src_is_client(p.src.1, p.dst.1)
                 };
-                self.new_tcp(p, &k, client_is_src, names)
+                self.new_tcp(p, &k, client_is_src)
             }
         };
         let interval = self.interval_us;
@@ -671,20 +655,13 @@ impl FlowTable {
         f.flow.add(p.ts_us, out_in[0], out_in[1], interval);
     }
 
-    fn new_tcp(&mut self, p: &Packet, k: &Key, client_is_src: bool, names: &[String]) -> usize {
+    fn new_tcp(&mut self, p: &Packet, k: &Key, client_is_src: bool) -> usize {
         let (client, server) = if client_is_src {
             (p.src, p.dst)
         } else {
             (p.dst, p.src)
         };
-        let flow = Flow::new(
-            Transport::Tcp,
-            client,
-            server,
-            p.ts_us,
-            FlowOrigin::Pcap,
-            Self::location(p, names),
-        );
+        let flow = Flow::new(Transport::Tcp, client, server, p.ts_us, FlowOrigin::Pcap);
         self.tcp.push(TcpFlow {
             flow,
             dir: [Dir::default(); 2],
@@ -697,13 +674,7 @@ impl FlowTable {
         i
     }
 
-    fn udp_packet(
-        &mut self,
-        p: &Packet,
-        names: &[String],
-        net: &mut NetworkData,
-        report: &mut ImportReport,
-    ) {
+    fn udp_packet(&mut self, p: &Packet, net: &mut NetworkData, report: &mut ImportReport) {
         let k = key(p);
         let idx = match self.current.get(&k) {
             Some(&i) => i,
@@ -713,14 +684,7 @@ impl FlowTable {
                 } else {
                     (p.dst, p.src)
                 };
-                let flow = Flow::new(
-                    Transport::Udp,
-                    client,
-                    server,
-                    p.ts_us,
-                    FlowOrigin::Pcap,
-                    Self::location(p, names),
-                );
+                let flow = Flow::new(Transport::Udp, client, server, p.ts_us, FlowOrigin::Pcap);
                 self.udp.push(UdpFlow {
                     flow,
                     recent: VecDeque::new(),

@@ -397,7 +397,7 @@ fn read_reader(
                         .filter(|f| !m.contains_key(*f))
                         .collect();
                     if missing.is_empty() {
-                        record(k, &Row::Json(&m), cfg, data, net, name, n, report)
+                        record(k, &Row::Json(&m), cfg, data, net, report)
                     } else {
                         Err(("missing_field", format!("missing {}", missing.join(", "))))
                     }
@@ -425,7 +425,7 @@ fn read_reader(
                     ),
                 ))
             } else {
-                record(k, &Row::Tsv(&tsv, cols), cfg, data, net, name, n, report)
+                record(k, &Row::Tsv(&tsv, cols), cfg, data, net, report)
             }
         };
         match parsed {
@@ -452,8 +452,6 @@ fn record(
     cfg: &ImportConfig,
     data: &mut ZeekData,
     net: &mut NetworkData,
-    name: &str,
-    n: u64,
     report: &mut ImportReport,
 ) -> Result<(), (&'static str, String)> {
     match kind {
@@ -533,14 +531,7 @@ fn record(
             let inb = count_field(row, "resp_bytes")?;
             let start = ts.as_micros();
             let end = start.saturating_add(duration_us);
-            let mut flow = Flow::new(
-                proto,
-                client,
-                server,
-                start,
-                FlowOrigin::Zeek,
-                format!("{name}:{n}"),
-            );
+            let mut flow = Flow::new(proto, client, server, start, FlowOrigin::Zeek);
             spread(&mut flow, start, end, out, inb, cfg.interval_us());
             data.conns.push(ConnRec {
                 uid: row.str("uid"),
