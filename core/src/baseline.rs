@@ -15,6 +15,13 @@ use sha2::{Digest, Sha256};
 pub const RATIO_BUCKETS: usize = 65;
 /// Volume buckets: `floor(2·log2(bytes))`, clamped to 0..=79 (half-octaves up to 1 TiB).
 pub const VOLUME_BUCKETS: usize = 80;
+/// Persistence buckets: half-octaves of the number of upload windows in a day.
+pub const PERSISTENCE_BUCKETS: usize = 24;
+
+/// Half-octave bucket of a count of windows.
+pub fn persistence_bucket(windows: u64) -> u8 {
+    volume_bucket(windows).min(PERSISTENCE_BUCKETS as u8 - 1)
+}
 
 /// Half-octave bucket of a byte count (integer arithmetic: `bitlen(x²) - 1`).
 pub fn volume_bucket(bytes: u64) -> u8 {
@@ -71,6 +78,9 @@ pub struct AppDayStats {
     pub volume_hist: Vec<u64>,
     pub daily_out_hist: Vec<u64>,
     pub services: BTreeMap<String, ServiceCount>,
+    /// Per-host daily number of windows that uploaded (persistence).
+    #[serde(default)]
+    pub upload_windows_hist: Vec<u64>,
 }
 
 impl AppDayStats {
@@ -85,6 +95,7 @@ impl AppDayStats {
             volume_hist: vec![0; VOLUME_BUCKETS],
             daily_out_hist: vec![0; VOLUME_BUCKETS],
             services: BTreeMap::new(),
+            upload_windows_hist: vec![0; PERSISTENCE_BUCKETS],
         }
     }
 
@@ -96,6 +107,7 @@ impl AppDayStats {
         add_hist(&mut self.ratio_hist, &other.ratio_hist);
         add_hist(&mut self.volume_hist, &other.volume_hist);
         add_hist(&mut self.daily_out_hist, &other.daily_out_hist);
+        add_hist(&mut self.upload_windows_hist, &other.upload_windows_hist);
         for (s, c) in &other.services {
             if c.hosts == 0 && c.upload_hosts == 0 {
                 continue;
@@ -115,6 +127,7 @@ impl AppDayStats {
         sub_hist(&mut self.ratio_hist, &other.ratio_hist);
         sub_hist(&mut self.volume_hist, &other.volume_hist);
         sub_hist(&mut self.daily_out_hist, &other.daily_out_hist);
+        sub_hist(&mut self.upload_windows_hist, &other.upload_windows_hist);
         for (s, c) in &other.services {
             if let Some(e) = self.services.get_mut(s) {
                 e.hosts = e.hosts.saturating_sub(c.hosts);
@@ -135,9 +148,14 @@ impl AppDayStats {
                 .services
                 .values()
                 .all(|c| c.hosts == 0 && c.upload_hosts == 0)
-            && [&self.ratio_hist, &self.volume_hist, &self.daily_out_hist]
-                .iter()
-                .all(|h| h.iter().all(|v| *v == 0))
+            && [
+                &self.ratio_hist,
+                &self.volume_hist,
+                &self.daily_out_hist,
+                &self.upload_windows_hist,
+            ]
+            .iter()
+            .all(|h| h.iter().all(|v| *v == 0))
     }
 
     /// Canonical bytes: the same statistics always give the same bytes.
@@ -147,7 +165,12 @@ impl AppDayStats {
         for v in [self.hosts_running, self.hosts_active, self.hosts_new] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        for h in [&self.ratio_hist, &self.volume_hist, &self.daily_out_hist] {
+        for h in [
+            &self.ratio_hist,
+            &self.volume_hist,
+            &self.daily_out_hist,
+            &self.upload_windows_hist,
+        ] {
             out.extend_from_slice(&(h.len() as u64).to_le_bytes());
             for v in h {
                 out.extend_from_slice(&v.to_le_bytes());
@@ -197,6 +220,8 @@ pub struct HostAppDay {
     pub out_total: u64,
     /// Services reached, and whether one window uploaded to it.
     pub services: BTreeMap<String, bool>,
+    /// Windows of the day that uploaded (at least 64 KiB).
+    pub upload_windows: u64,
 }
 
 impl HostAppDay {
@@ -213,6 +238,9 @@ impl HostAppDay {
                 s.volume_hist[usize::from(b)] = 1;
             }
             s.daily_out_hist[usize::from(volume_bucket(self.out_total))] = 1;
+        }
+        if self.upload_windows > 0 {
+            s.upload_windows_hist[usize::from(persistence_bucket(self.upload_windows))] = 1;
         }
         for (svc, upload) in &self.services {
             s.services.insert(
@@ -367,6 +395,7 @@ pub struct PeerView {
     pub volume_hist: Vec<u64>,
     pub daily_out_hist: Vec<u64>,
     pub services: BTreeMap<String, ServiceCount>,
+    pub upload_windows_hist: Vec<u64>,
 }
 
 impl PeerView {
@@ -387,6 +416,7 @@ impl PeerView {
             volume_hist: vec![0; VOLUME_BUCKETS],
             daily_out_hist: vec![0; VOLUME_BUCKETS],
             services: BTreeMap::new(),
+            upload_windows_hist: vec![0; PERSISTENCE_BUCKETS],
         };
         for d in days {
             v.running_host_days += d.hosts_running;
@@ -402,6 +432,7 @@ impl PeerView {
             add_hist(&mut v.ratio_hist, &d.ratio_hist);
             add_hist(&mut v.volume_hist, &d.volume_hist);
             add_hist(&mut v.daily_out_hist, &d.daily_out_hist);
+            add_hist(&mut v.upload_windows_hist, &d.upload_windows_hist);
             for (s, c) in &d.services {
                 let e = v.services.entry(s.clone()).or_default();
                 e.hosts += c.hosts;
@@ -466,7 +497,8 @@ mod tests {
                 p.hosts_active = a;
                 p.ratio_hist = rh;
                 p.volume_hist = vh.clone();
-                p.daily_out_hist = vh;
+                p.daily_out_hist = vh.clone();
+                p.upload_windows_hist = vh[..PERSISTENCE_BUCKETS].to_vec();
                 p.services = svc
                     .into_iter()
                     .map(|(k, (h, u))| {

@@ -72,7 +72,7 @@ impl Default for EngineConfig {
             high_score: 8.5,
             critical_score: 11.0,
             realert_secs: 3600,
-            min_cumulative_out_bytes: 64 << 20,
+            min_cumulative_out_bytes: 32 << 20,
             idle_process_secs: 6 * 3600,
             dns_cache_per_host: 4096,
         }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crate::alert::{alert_id, Alert, Destination, ANALYTIC};
 use crate::app::{normalise_app, UNKNOWN_APP};
-use crate::baseline::{ratio_bucket, volume_bucket, AppDayStats, FleetBaseline, HostAppDay};
+use crate::baseline::{
+    persistence_bucket, ratio_bucket, volume_bucket, AppDayStats, FleetBaseline, HostAppDay,
+};
 use crate::catalogue::{Catalogue, OTHER};
 use crate::config::EngineConfig;
 use crate::policy::Policy;
@@ -92,6 +94,8 @@ struct ProcState {
     day_dests: Vec<DestAcc>,
     /// Highest volume bucket of the day's total already judged (low and slow).
     cum_judged_bucket: u8,
+    /// Windows of the day that uploaded (persistence).
+    day_upload_windows: u64,
     last_alert: Option<(crate::alert::Severity, Timestamp)>,
 }
 
@@ -137,6 +141,7 @@ struct ClosedWindow {
     day_first: Timestamp,
     day_dests: Vec<DestAcc>,
     cum_judged_bucket: u8,
+    day_upload_windows: u64,
     last_alert: Option<(crate::alert::Severity, Timestamp)>,
     pid_index: (u32, Timestamp),
 }
@@ -232,6 +237,11 @@ impl Engine {
             .map(|h| h.procs.values().map(Vec::len).sum::<usize>() as u64)
             .sum();
         s
+    }
+
+    /// Alerts raised and not yet drained.
+    pub fn pending_alerts(&self) -> usize {
+        self.alerts.len()
     }
 
     pub fn drain_alerts(&mut self) -> Vec<Alert> {
@@ -382,6 +392,7 @@ impl Engine {
             day_first: p.ts,
             day_dests: Vec::new(),
             cum_judged_bucket: 0,
+            day_upload_windows: 0,
             last_alert: None,
         };
         let pos = instances.partition_point(|s| s.meta.start <= p.ts);
@@ -493,6 +504,7 @@ impl Engine {
                         day_first: n.ts,
                         day_dests: Vec::new(),
                         cum_judged_bucket: 0,
+                        day_upload_windows: 0,
                         last_alert: None,
                     },
                 );
@@ -513,6 +525,7 @@ impl Engine {
             p.day_first = n.ts;
             p.day_dests.clear();
             p.cum_judged_bucket = 0;
+            p.day_upload_windows = 0;
         }
         let dest = DestAcc {
             ip: n.dst_ip,
@@ -705,6 +718,10 @@ impl Engine {
                         .collect()
                 })
                 .unwrap_or_default();
+            let host_has_history = self
+                .hosts
+                .get(host)
+                .is_some_and(|h| h.app_days.keys().any(|(_, d)| *d < day));
             let view = self.peer_view(&app, day, &own);
             for (kind, start, out, inb, service, dests) in findings {
                 let approved = self.policy.is_approved(&app, &service);
@@ -719,6 +736,15 @@ impl Engine {
                     approved,
                     view: &view,
                     own_history: &own_history,
+                    host_has_history,
+                    upload_windows: match kind {
+                        FindingKind::Window => u64::from(c.out >= UPLOAD_WINDOW_BYTES),
+                        FindingKind::Cumulative => c.day_upload_windows,
+                    },
+                    unnamed_destination: dests
+                        .iter()
+                        .max_by_key(|d| d.out)
+                        .is_some_and(|d| d.name.is_none()),
                 };
                 let scored = score_finding(&input);
                 if scored.score < self.cfg.alert_score {
@@ -807,27 +833,40 @@ impl Engine {
             }
             // Fold the window into the host's day.
             if c.out > 0 || c.inb > 0 {
+                let upload_bytes = self.cfg.upload_bytes;
                 let entry = h.app_days.entry((app.clone(), day)).or_default();
-                let before = entry.contribution(&app, day);
-                let mut changed = false;
-                if judged_ratio && entry.max_ratio.is_none_or(|m| rb > m) {
-                    entry.max_ratio = Some(rb);
-                    changed = true;
+                let uploaded = c.out >= UPLOAD_WINDOW_BYTES;
+                let persistence_moves = uploaded
+                    && (entry.upload_windows == 0
+                        || persistence_bucket(entry.upload_windows + 1)
+                            != persistence_bucket(entry.upload_windows));
+                if uploaded && !persistence_moves {
+                    // The contribution does not change: count without a diff.
+                    entry.upload_windows += 1;
                 }
-                if entry.max_volume.is_none_or(|m| window_bucket > m) {
-                    entry.max_volume = Some(window_bucket);
-                    changed = true;
-                }
-                for d in &c.dests {
-                    if d.out >= self.cfg.upload_bytes {
-                        let up = entry.services.entry(d.service.to_string()).or_insert(false);
-                        if !*up {
-                            *up = true;
-                            changed = true;
+                let changes = persistence_moves
+                    || (judged_ratio && entry.max_ratio.is_none_or(|m| rb > m))
+                    || entry.max_volume.is_none_or(|m| window_bucket > m)
+                    || c.dests.iter().any(|d| {
+                        d.out >= upload_bytes
+                            && entry.services.get(d.service.as_ref()) != Some(&true)
+                    });
+                if changes {
+                    let before = entry.contribution(&app, day);
+                    if persistence_moves {
+                        entry.upload_windows += 1;
+                    }
+                    if judged_ratio && entry.max_ratio.is_none_or(|m| rb > m) {
+                        entry.max_ratio = Some(rb);
+                    }
+                    if entry.max_volume.is_none_or(|m| window_bucket > m) {
+                        entry.max_volume = Some(window_bucket);
+                    }
+                    for d in &c.dests {
+                        if d.out >= upload_bytes {
+                            entry.services.insert(d.service.to_string(), true);
                         }
                     }
-                }
-                if changed {
                     entry.active = true;
                     entry.running = true;
                     let after = entry.contribution(&app, day);
@@ -864,9 +903,15 @@ impl Engine {
     }
 }
 
+/// A window counts towards persistence from this many bytes out.
+pub const UPLOAD_WINDOW_BYTES: u64 = 64 << 10;
+
 fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
     let end = w.start.saturating_add_us(window_us);
     p.closed_through = p.closed_through.max(end);
+    if w.out >= UPLOAD_WINDOW_BYTES && Timestamp(end.0 - 1).day() == p.day {
+        p.day_upload_windows += 1;
+    }
     ClosedWindow {
         meta: p.meta.clone(),
         start: w.start,
@@ -879,6 +924,7 @@ fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
         day_first: p.day_first,
         day_dests: p.day_dests.clone(),
         cum_judged_bucket: p.cum_judged_bucket,
+        day_upload_windows: p.day_upload_windows,
         last_alert: p.last_alert,
         pid_index: (p.meta.pid, p.meta.start),
     }

@@ -10,7 +10,7 @@
 
 use crate::alert::{human_bytes, thousands, Reason, Severity};
 use crate::app::{is_office_app, is_script_host};
-use crate::baseline::{ratio_bucket, volume_bucket, PeerView};
+use crate::baseline::{persistence_bucket, ratio_bucket, volume_bucket, PeerView};
 use crate::catalogue::STORAGE_SERVICES;
 use crate::config::EngineConfig;
 
@@ -35,6 +35,14 @@ pub struct ScoreInput<'a> {
     /// The judged host's own earlier days with this app in the horizon:
     /// (day, highest window volume bucket, day's outbound bytes).
     pub own_history: &'a [(i64, Option<u8>, u64)],
+    /// Whether the host has telemetry from earlier days at all (otherwise
+    /// "first use" means nothing).
+    pub host_has_history: bool,
+    /// The biggest destination had no TLS server name and no DNS answer.
+    pub unnamed_destination: bool,
+    /// Windows that uploaded: 1 for a window finding, the process's count
+    /// of the day for a cumulative one.
+    pub upload_windows: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -107,6 +115,27 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
         ),
     );
 
+    // Persistence (low and slow): how many windows of the day uploaded,
+    // against peers' busiest days.
+    if i.kind == FindingKind::Cumulative {
+        let pb = persistence_bucket(i.upload_windows);
+        let (k, n) = PeerView::tail(&v.upload_windows_hist, pb);
+        let c = surprise(k, n).min(3.0) * weight;
+        push(
+            "persistence",
+            i.upload_windows as f64,
+            percentile(k, n),
+            c,
+            format!(
+                "uploaded in {} windows today; {} of {} peer host-days of {} uploaded that often",
+                i.upload_windows,
+                thousands(k),
+                thousands(n),
+                i.app
+            ),
+        );
+    }
+
     // Direction: the outbound:inbound ratio.
     let rb = ratio_bucket(i.out, i.inb, i.cfg.ratio_smoothing_bytes);
     let (k, n) = PeerView::tail(&v.ratio_hist, rb);
@@ -137,9 +166,21 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
     } else {
         let k = v.services.get(i.service).map_or(0, |s| s.upload_hosts);
         let n = v.active_host_days;
-        let mut c = surprise(k, n).min(3.0) * weight;
+        // A service no peer uploaded to is as surprising as the app's uploads
+        // are concentrated. An app whose peers upload to many services (a
+        // browser) often meets a new one; one that only ever saves to
+        // SharePoint (Word) does not (Good–Turing: new kinds appear at the
+        // rate distinct kinds did).
+        // The same holds for a service few peers used: an app that spreads
+        // its uploads over many services gives little weight to any one.
+        let distinct = v.services.values().filter(|s| s.upload_hosts > 0).count() as u64;
+        let uploads: u64 = v.services.values().map(|s| s.upload_hosts).sum();
+        let base = surprise(k, n).min(surprise(distinct, uploads));
+        let mut c = base.min(3.0) * weight;
+        // File storage and sharing is what the analytic is about: uploading
+        // there is worse than elsewhere, unless peers of the app already do.
         let storage = STORAGE_SERVICES.contains(&i.service);
-        if storage {
+        if storage && k == 0 {
             c += 0.5;
         }
         push(
@@ -159,6 +200,16 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
                 thousands(k),
                 thousands(n)
             ),
+        );
+    }
+
+    if i.unnamed_destination {
+        push(
+            "unnamed_destination",
+            1.0,
+            0.0,
+            1.0,
+            "the destination has no TLS server name and no DNS answer on the host: it hides its name".to_string(),
         );
     }
 
@@ -196,6 +247,19 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
                 format!("{} was started by {}", i.app, parent),
             );
         }
+    }
+
+    // First network use of the app on this host within the horizon: the
+    // analytic's "normally does not initiate network communications", judged
+    // on the host itself.
+    if i.host_has_history && !i.own_history.iter().any(|(_, maxv, _)| maxv.is_some()) {
+        push(
+            "host_first_use",
+            1.0,
+            0.0,
+            1.0,
+            format!("{} has not sent anything out from this host before", i.app),
+        );
     }
 
     // The host's own history with this app.
@@ -333,13 +397,17 @@ mod tests {
             approved: false,
             view: v,
             own_history: &[],
+            host_has_history: false,
+            unnamed_destination: false,
+            upload_windows: 1,
         }
     }
 
     #[test]
     fn rare_upload_to_new_service_scores_high_and_explains_itself() {
         let cfg = EngineConfig::default();
-        let v = view(300, 20, 44);
+        // Half the hosts save to SharePoint; none ever moved 200 MiB.
+        let v = view(300, 150, 44);
         let s = score_finding(&input(&cfg, &v, "dropbox", 200 << 20));
         assert!(!s.thin);
         assert!(s.score >= cfg.alert_score, "{s:?}");

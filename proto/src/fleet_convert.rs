@@ -1,7 +1,9 @@
 //! Fleet messages (fleet.proto) ↔ engine types: per-(app, day) partials,
 //! the fleet baseline and the shard map.
 
-use outflow_core::baseline::{AppDayStats, FleetBaseline, RATIO_BUCKETS, VOLUME_BUCKETS};
+use outflow_core::baseline::{
+    AppDayStats, FleetBaseline, PERSISTENCE_BUCKETS, RATIO_BUCKETS, VOLUME_BUCKETS,
+};
 use outflow_core::shard::{Member, ShardMap};
 
 use crate::pb;
@@ -39,6 +41,7 @@ pub fn partial_to_pb(s: &AppDayStats) -> pb::AppDayPartial {
             })
             .collect(),
         hosts_new: s.hosts_new,
+        upload_windows_hist: s.upload_windows_hist.clone(),
     }
 }
 
@@ -50,6 +53,7 @@ pub fn partial_from_pb(p: pb::AppDayPartial) -> AppDayStats {
     s.ratio_hist = fixed(p.ratio_hist, RATIO_BUCKETS);
     s.volume_hist = fixed(p.volume_hist, VOLUME_BUCKETS);
     s.daily_out_hist = fixed(p.daily_out_hist, VOLUME_BUCKETS);
+    s.upload_windows_hist = fixed(p.upload_windows_hist, PERSISTENCE_BUCKETS);
     for c in p.services {
         let e = s.services.entry(c.service).or_default();
         e.hosts += c.hosts;
