@@ -11,7 +11,6 @@ fn stats(app: &str, day: i64, running: u64, ratio: &[u64], svc: &[(&str, u64)]) 
         volume_hist: vec![running],
         daily_out_hist: vec![],
         upload_windows_hist: vec![],
-        upload_windows_hist: vec![],
         services: svc
             .iter()
             .map(|(s, h)| {
