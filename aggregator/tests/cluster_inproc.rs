@@ -148,6 +148,7 @@ fn partial(app: &str, day: i64, hosts: u64) -> pb::AppDayPartial {
             upload_hosts: 0,
         }],
         hosts_new: 0,
+        ..Default::default()
     }
 }
 
