@@ -106,3 +106,83 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        args: ImportArgs,
+    }
+
+    fn parse(argv: &[&str]) -> ImportArgs {
+        T::try_parse_from(std::iter::once("import").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("import.toml");
+        std::fs::write(&cfg, "interval_secs = 300\nclock_skew_secs = 5.0\n").unwrap();
+        let c = cfg.to_str().unwrap();
+        let a = parse(&[
+            "--zeek",
+            "x",
+            "--out",
+            "-",
+            "--config",
+            c,
+            "--interval-secs",
+            "30",
+        ]);
+        let got = a.config().unwrap();
+        assert_eq!((got.interval_secs, got.clock_skew_secs), (30, 5.0));
+        std::fs::write(&cfg, "interval = 30\n").unwrap();
+        let err = parse(&["--out", "-", "--config", c]).config().unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        let err = parse(&["--out", "-", "--interval-secs", "0"])
+            .config()
+            .unwrap_err();
+        assert!(err.to_string().contains("interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn writes_the_file_and_strict_fails_on_rejections() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = crate::synthetic::write_synthetic_upload(dir.path()).unwrap();
+        let out = dir.path().join("out.jsonl");
+        let o = out.to_str().unwrap();
+        let s = up.sysmon.to_str().unwrap();
+        let p = up.pcaps[0].to_str().unwrap();
+        let code = run(parse(&["--sysmon", s, "--pcap", p, "--out", o, "--strict"])).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.lines().count() > 5);
+        assert!(text.contains("content.dropboxapi.com"));
+        // A missing input is a rejection: --strict turns it into a failure,
+        // and the rest is still written.
+        let code = run(parse(&[
+            "--sysmon",
+            s,
+            "--pcap",
+            "nope.pcap",
+            "--out",
+            o,
+            "--strict",
+        ]))
+        .unwrap();
+        assert_eq!(code, ExitCode::FAILURE);
+        assert!(std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("process_start"));
+        let code = run(parse(&["--sysmon", s, "--pcap", "nope.pcap", "--out", o])).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        // No input at all is an error.
+        assert!(run(parse(&["--out", o])).is_err());
+    }
+}

@@ -205,7 +205,14 @@ impl<'a> Fields<'a> {
             .winlog
             .and_then(|w| w.get("event_id"))
             .or_else(|| self.top.get("EventID"))
-            .or_else(|| self.top.get("event_id"));
+            .or_else(|| self.top.get("event_id"))
+            // Elastic Common Schema: `event.code` ("3").
+            .or_else(|| {
+                self.top
+                    .get("event")
+                    .and_then(Value::as_object)
+                    .and_then(|e| e.get("code"))
+            });
         let Some(v) = v else {
             return Err(("missing_field", "missing field `EventID`".into()));
         };
@@ -590,6 +597,18 @@ mod tests {
         assert_eq!(c.dst, ("162.125.1.1".parse().unwrap(), 443));
         assert_eq!(log.guid_pid.get("{b}"), Some(&77));
         assert_eq!(log.guid_pid.get("{p}"), Some(&100));
+    }
+
+    #[test]
+    fn ecs_event_code_shape() {
+        let ecs = r#"{"@timestamp":"2024-05-01T12:00:09.5Z","event":{"code":"5","provider":"Microsoft-Windows-Sysmon"},"host":{"name":"ws3"},"winlog":{"provider_name":"Microsoft-Windows-Sysmon","event_data":{"ProcessGuid":"{e}","ProcessId":12}}}"#;
+        let (log, report) = read(ecs);
+        assert_eq!(report.sysmon.rejected, 0, "{report}");
+        assert_eq!(log.ends.len(), 1);
+        assert_eq!(
+            (log.ends[0].host.as_str(), log.ends[0].pid),
+            ("ws3", Some(12))
+        );
     }
 
     #[test]
