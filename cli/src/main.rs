@@ -5,6 +5,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+mod eval;
+mod replay;
+mod sim;
+
 #[derive(Parser)]
 #[command(
     name = "outflow",
@@ -16,8 +21,18 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
+    /// Everything embedded, no set-up: a simulated fleet scored live.
+    Demo(demo::DemoArgs),
+    /// Stream telemetry JSONL through the engine in event time.
+    Replay(replay::ReplayArgs),
+    /// Simulate a fleet: telemetry JSONL and a truth file.
+    Sim(sim::SimArgs),
+    /// Score alerts against a simulator truth file.
+    Eval(eval::EvalArgs),
     /// Certificates: a dev CA and the certificates of a local cluster.
     Certs(outflow_pki::CertsArgs),
     /// One aggregator (Raft) node: fleet baselines, shard map, policy, admin API.
@@ -33,6 +48,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<std::process::ExitCode> = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Replay(a) => replay::run(a),
+        Command::Sim(a) => sim::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Certs(args) => outflow_pki::run(args),
         Command::Aggregator(a) => outflow_aggregator::run(a),
         Command::Ctl(a) => outflow_aggregator::ctl::run(a),
