@@ -97,6 +97,10 @@ pub fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         r
     };
     eprint!("{report}");
+    let opened = report.sysmon.files + report.zeek.files + report.pcap.files;
+    if opened == 0 {
+        anyhow::bail!("none of the inputs could be read (see the rejections above)");
+    }
     if args.strict && report.total_rejected() > 0 {
         eprintln!(
             "outflow import: {} inputs rejected (--strict)",
@@ -182,7 +186,9 @@ mod tests {
             .contains("process_start"));
         let code = run(parse(&["--sysmon", s, "--pcap", "nope.pcap", "--out", o])).unwrap();
         assert_eq!(code, ExitCode::SUCCESS);
-        // No input at all is an error.
+        // No input at all, or none readable, is an error.
         assert!(run(parse(&["--out", o])).is_err());
+        let err = run(parse(&["--pcap", "nope.pcap", "--out", o])).unwrap_err();
+        assert!(err.to_string().contains("none of the inputs"), "{err}");
     }
 }

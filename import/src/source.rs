@@ -113,7 +113,9 @@ pub fn for_each_input(
 }
 
 /// Reads `reader` line by line as bytes, calling `each(line_no, line)` with
-/// 1-based line numbers and the trailing `\r\n` removed. A read error (a
+/// 1-based line numbers and the trailing `\r\n` removed. A UTF-8 byte-order
+/// mark is dropped; UTF-16 text (what Windows PowerShell writes by default)
+/// is recognised by its byte-order mark and converted. A read error (a
 /// corrupt zip member, a vanished file) ends the input and is returned with
 /// the number of the line that could not be read.
 pub fn for_each_line(
@@ -121,6 +123,30 @@ pub fn for_each_line(
     mut each: impl FnMut(u64, &[u8]),
 ) -> Result<(), (u64, io::Error)> {
     let mut r = BufReader::with_capacity(1 << 16, reader);
+    let head = io::BufRead::fill_buf(&mut r).map_err(|e| (1, e))?;
+    if head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff]) {
+        let little = head[0] == 0xff;
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).map_err(|e| (1, e))?;
+        let units: Vec<u16> = all[2..]
+            .chunks_exact(2)
+            .map(|c| {
+                if little {
+                    u16::from_le_bytes([c[0], c[1]])
+                } else {
+                    u16::from_be_bytes([c[0], c[1]])
+                }
+            })
+            .collect();
+        let text = String::from_utf16_lossy(&units);
+        for (i, line) in text.lines().enumerate() {
+            each(i as u64 + 1, line.trim_end_matches('\r').as_bytes());
+        }
+        return Ok(());
+    }
+    if head.starts_with(&[0xef, 0xbb, 0xbf]) {
+        io::BufRead::consume(&mut r, 3);
+    }
     let mut buf = Vec::with_capacity(4096);
     let mut n = 0u64;
     loop {
@@ -141,5 +167,36 @@ pub fn for_each_line(
             }
             Err(e) => return Err((n + 1, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(bytes: &[u8]) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for_each_line(&mut &bytes[..], |n, l| {
+            out.push((n, String::from_utf8_lossy(l).to_string()))
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn boms_crlf_and_utf16() {
+        let want = vec![(1, "{\"a\":1}".to_string()), (2, "é".to_string())];
+        assert_eq!(lines(b"\xef\xbb\xbf{\"a\":1}\r\n\xc3\xa9\r\n"), want);
+        let mut le = vec![0xff, 0xfe];
+        for u in "{\"a\":1}\r\né\r\n".encode_utf16() {
+            le.extend_from_slice(&u.to_le_bytes());
+        }
+        assert_eq!(lines(&le), want);
+        let mut be = vec![0xfe, 0xff];
+        for u in "{\"a\":1}\né".encode_utf16() {
+            be.extend_from_slice(&u.to_be_bytes());
+        }
+        assert_eq!(lines(&be), want);
+        assert!(lines(b"").is_empty());
     }
 }
