@@ -38,6 +38,10 @@ pub struct Flow {
     /// TLS server name from the ClientHello (pcap) or ssl.log (Zeek).
     pub sni: Option<String>,
     pub origin: FlowOrigin,
+    /// Which sensor saw it: the index of the `--zeek` source for Zeek flows
+    /// (two sensors can log the same connection); 0 for captures, which are
+    /// merged into one flow table anyway.
+    pub sensor: u32,
 }
 
 impl Flow {
@@ -57,6 +61,7 @@ impl Flow {
             buckets: BTreeMap::new(),
             sni: None,
             origin,
+            sensor: 0,
         }
     }
 

@@ -91,36 +91,69 @@ fn swap(f: &mut Flow) {
     }
 }
 
-/// Drops Zeek flows that a capture also saw (same 5-tuple either way round,
-/// overlapping in time within the skew): the capture's byte counts win.
-fn dedup_zeek_against_pcap(flows: &mut Vec<Flow>, skew_us: i64, report: &mut ImportReport) {
-    let mut pcap: HashMap<FiveTuple, Vec<(i64, i64)>> = HashMap::new();
-    for f in flows.iter().filter(|f| f.origin == FlowOrigin::Pcap) {
-        let k = if f.client <= f.server {
-            (f.proto, f.client, f.server)
-        } else {
-            (f.proto, f.server, f.client)
-        };
-        pcap.entry(k).or_default().push((f.first_us, f.last_us));
+fn canonical(f: &Flow) -> FiveTuple {
+    if f.client <= f.server {
+        (f.proto, f.client, f.server)
+    } else {
+        (f.proto, f.server, f.client)
     }
-    if pcap.is_empty() {
-        return;
+}
+
+fn overlaps(a: &Flow, b: &Flow, skew_us: i64) -> bool {
+    a.first_us <= b.last_us + skew_us && b.first_us <= a.last_us + skew_us
+}
+
+/// Counts each connection once when several sources saw it:
+/// - a Zeek flow that a capture also saw (same 5-tuple either way round,
+///   overlapping in time within the skew) is dropped: the capture's byte
+///   counts win;
+/// - of Zeek flows from *different* `--zeek` sources (two sensors on one
+///   path) that overlap the same way, the one with more bytes is kept.
+fn dedup_flows(flows: &mut Vec<Flow>, skew_us: i64, report: &mut ImportReport) {
+    let mut groups: HashMap<FiveTuple, Vec<usize>> = HashMap::new();
+    for (i, f) in flows.iter().enumerate() {
+        groups.entry(canonical(f)).or_default().push(i);
+    }
+    let mut drop = vec![false; flows.len()];
+    for idx in groups.values().filter(|v| v.len() > 1) {
+        for (n, &i) in idx.iter().enumerate() {
+            let a = &flows[i];
+            if a.origin != FlowOrigin::Zeek {
+                continue;
+            }
+            for &j in &idx[n + 1..] {
+                let b = &flows[j];
+                if drop[i] || drop[j] || !overlaps(a, b, skew_us) {
+                    continue;
+                }
+                match b.origin {
+                    FlowOrigin::Pcap => drop[i] = true,
+                    FlowOrigin::Zeek if b.sensor != a.sensor => {
+                        let (ta, tb) = (a.total_out() + a.total_in(), b.total_out() + b.total_in());
+                        if ta >= tb {
+                            drop[j] = true;
+                        } else {
+                            drop[i] = true;
+                        }
+                    }
+                    FlowOrigin::Zeek => {}
+                }
+            }
+            // A capture flow listed before this Zeek flow.
+            if !drop[i]
+                && idx[..n].iter().any(|&j| {
+                    flows[j].origin == FlowOrigin::Pcap && overlaps(a, &flows[j], skew_us)
+                })
+            {
+                drop[i] = true;
+            }
+        }
     }
     let before = flows.len();
-    flows.retain(|f| {
-        if f.origin != FlowOrigin::Zeek {
-            return true;
-        }
-        let k = if f.client <= f.server {
-            (f.proto, f.client, f.server)
-        } else {
-            (f.proto, f.server, f.client)
-        };
-        !pcap.get(&k).is_some_and(|spans| {
-            spans
-                .iter()
-                .any(|&(a, b)| f.first_us <= b + skew_us && a <= f.last_us + skew_us)
-        })
+    let mut k = 0;
+    flows.retain(|_| {
+        k += 1;
+        !drop[k - 1]
     });
     report.duplicates += (before - flows.len()) as u64;
 }
@@ -248,7 +281,7 @@ pub fn join(
     }
 
     // Flows meet connections.
-    dedup_zeek_against_pcap(&mut net.flows, skew, report);
+    dedup_flows(&mut net.flows, skew, report);
     let mut index: HashMap<FiveTuple, Vec<usize>> = HashMap::new();
     for (i, c) in log.conns.iter().enumerate() {
         if c.initiated {
@@ -389,6 +422,42 @@ pub fn join(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flow(origin: FlowOrigin, sensor: u32, first_s: i64, out: u64, reversed: bool) -> Flow {
+        let a: (IpAddr, u16) = ("10.0.0.5".parse().unwrap(), 50_000);
+        let b: (IpAddr, u16) = ("162.125.1.14".parse().unwrap(), 443);
+        let (c, s) = if reversed { (b, a) } else { (a, b) };
+        let mut f = Flow::new(Transport::Tcp, c, s, first_s * 1_000_000, origin);
+        f.sensor = sensor;
+        f.add(first_s * 1_000_000 + 5_000_000, out, 10, 60_000_000);
+        f
+    }
+
+    #[test]
+    fn each_connection_counted_once_across_sources() {
+        let mut flows = vec![
+            flow(FlowOrigin::Zeek, 0, 100, 900, false),
+            flow(FlowOrigin::Zeek, 1, 101, 1000, false), // second sensor, more bytes: kept
+            flow(FlowOrigin::Zeek, 0, 5000, 7, false), // same 5-tuple much later: another connection
+            flow(FlowOrigin::Zeek, 2, 9000, 5, true),  // seen mirrored by a third sensor
+            flow(FlowOrigin::Pcap, 0, 9001, 6, false), // and by a capture: the capture wins
+        ];
+        let mut report = ImportReport::default();
+        dedup_flows(&mut flows, 60_000_000, &mut report);
+        let kept: Vec<(FlowOrigin, u32, u64)> = flows
+            .iter()
+            .map(|f| (f.origin, f.sensor, f.total_out()))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                (FlowOrigin::Zeek, 1, 1000),
+                (FlowOrigin::Zeek, 0, 7),
+                (FlowOrigin::Pcap, 0, 6),
+            ]
+        );
+        assert_eq!(report.duplicates, 2);
+    }
 
     #[test]
     fn basenames() {

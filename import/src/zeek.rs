@@ -71,6 +71,8 @@ struct ConnRec {
 pub struct ZeekData {
     conns: Vec<ConnRec>,
     sni: HashMap<String, String>,
+    /// Index of the `--zeek` source being read.
+    sensor: u32,
 }
 
 /// Reads every Zeek directory or file in `paths` and adds flows and DNS
@@ -82,7 +84,8 @@ pub fn read_paths(
     report: &mut ImportReport,
 ) {
     let mut data = ZeekData::default();
-    for p in paths {
+    for (i, p) in paths.iter().enumerate() {
+        data.sensor = i as u32;
         read_path(p, cfg, &mut data, net, report);
     }
     data.finish(net);
@@ -532,6 +535,7 @@ fn record(
             let start = ts.as_micros();
             let end = start.saturating_add(duration_us);
             let mut flow = Flow::new(proto, client, server, start, FlowOrigin::Zeek);
+            flow.sensor = data.sensor;
             spread(&mut flow, start, end, out, inb, cfg.interval_us());
             data.conns.push(ConnRec {
                 uid: row.str("uid"),
@@ -577,7 +581,7 @@ fn spread(flow: &mut Flow, start: i64, end: i64, out: u64, inb: u64, interval: i
 impl ZeekData {
     /// Attaches server names to connections and hands the flows over.
     pub fn finish(self, net: &mut NetworkData) {
-        let ZeekData { conns, sni } = self;
+        let ZeekData { conns, sni, .. } = self;
         for mut c in conns {
             if let Some(u) = &c.uid {
                 if let Some(s) = sni.get(u) {
