@@ -66,6 +66,7 @@ struct NetAcc {
     inb: u64,
     last_us: i64,
     sni: Option<String>,
+    domain: Option<String>,
 }
 
 /// (protocol, one end, the other end).
@@ -314,6 +315,7 @@ pub fn join(
                 hit = Some(i);
             }
         }
+        let domain = hit.and_then(|i| log.conns[i].dst_hostname.clone());
         let (host, pid) = match hit {
             Some(i) => {
                 let c = &log.conns[i];
@@ -347,6 +349,9 @@ pub fn join(
             if a.sni.is_none() {
                 a.sni = f.sni.clone();
             }
+            if a.domain.is_none() {
+                a.domain = domain.clone();
+            }
         }
     }
     report.sysmon_connections_joined = joined_conns.len() as u64;
@@ -365,6 +370,9 @@ pub fn join(
             .entry((host, pid, c.proto, c.dst.0, c.dst.1, t.div_euclid(interval)))
             .or_default();
         a.last_us = a.last_us.max(t);
+        if a.domain.is_none() {
+            a.domain = c.dst_hostname.clone();
+        }
     }
     // A deterministic order (the final sort is stable): by time, then key.
     let mut acc: Vec<(NetKey, NetAcc)> = acc.into_iter().collect();
@@ -381,7 +389,7 @@ pub fn join(
             bytes_out: a.out,
             bytes_in: a.inb,
             sni: a.sni,
-            domain: None,
+            domain: a.domain,
         }));
         report.net_records += 1;
     }

@@ -55,7 +55,7 @@ pub fn write_synthetic_upload(dir: &Path) -> std::io::Result<SyntheticUpload> {
         ),
         // Sysmon logs the connection 0.4 s after the capture saw the SYN (clock skew).
         format!(
-            r#"{{"EventID":3,"Channel":"Microsoft-Windows-Sysmon/Operational","Hostname":"{host}","UtcTime":"2024-05-01 12:00:30.400","ProcessGuid":"{guid}","ProcessId":"{pid}","Image":"C:\\Program Files\\Microsoft Office\\root\\Office16\\WINWORD.EXE","User":"SYNTH\\alice","Protocol":"tcp","Initiated":"true","SourceIsIpv6":"false","SourceIp":"{}","SourcePort":"{}","DestinationIsIpv6":"false","DestinationIp":"{}","DestinationPort":"{}"}}"#,
+            r#"{{"EventID":3,"Channel":"Microsoft-Windows-Sysmon/Operational","Hostname":"{host}","UtcTime":"2024-05-01 12:00:30.400","ProcessGuid":"{guid}","ProcessId":"{pid}","Image":"C:\\Program Files\\Microsoft Office\\root\\Office16\\WINWORD.EXE","User":"SYNTH\\alice","Protocol":"tcp","Initiated":"true","SourceIsIpv6":"false","SourceIp":"{}","SourcePort":"{}","DestinationIsIpv6":"false","DestinationIp":"{}","DestinationHostname":"{sni}","DestinationPort":"{}"}}"#,
             client.0, client.1, server.0, server.1
         ),
         format!(

@@ -66,6 +66,8 @@ pub struct SysConn {
     pub src: (IpAddr, u16),
     pub dst: (IpAddr, u16),
     pub initiated: bool,
+    /// `DestinationHostname`, when Sysmon resolved one.
+    pub dst_hostname: Option<String>,
     pub location: String,
 }
 
@@ -439,6 +441,9 @@ fn parse_record(
                 src: (ip("SourceIp")?, port("SourcePort")?),
                 dst: (ip("DestinationIp")?, port("DestinationPort")?),
                 initiated,
+                dst_hostname: f
+                    .str("DestinationHostname")
+                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase()),
                 location: format!("{name}:{n}"),
                 guid,
             };

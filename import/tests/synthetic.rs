@@ -56,6 +56,8 @@ fn synthetic_upload_imports_as_the_right_net_records() {
             (up.host, up.pid, Transport::Tcp, 443)
         );
         assert_eq!(n.sni.as_deref(), Some(up.sni));
+        // Sysmon's DestinationHostname.
+        assert_eq!(n.domain.as_deref(), Some(up.sni));
     }
     let out_total: u64 = nets.iter().map(|n| n.bytes_out).sum();
     let in_total: u64 = nets.iter().map(|n| n.bytes_in).sum();
@@ -90,6 +92,36 @@ fn synthetic_upload_imports_as_the_right_net_records() {
         "the DNS datagrams seen twice: {report}"
     );
     assert_eq!(report.sysmon_connections_joined, 1);
+}
+
+#[test]
+fn two_imports_are_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = write_synthetic_upload(dir.path()).unwrap();
+    let d = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/otrf-atomic"
+    ));
+    let opts = ImportOptions {
+        sysmon: vec![
+            up.sysmon.clone(),
+            d.join("empire_psremoting_stager__host.zip"),
+        ],
+        pcap: vec![
+            up.pcaps[0].clone(),
+            d.join("empire_psremoting_stager__network.zip"),
+        ],
+        zeek: vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data/stratosphere-zeek-010"
+        ))],
+        ..ImportOptions::default()
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    import(&opts, &mut a).unwrap();
+    import(&opts, &mut b).unwrap();
+    assert!(a.len() > 100_000);
+    assert!(a == b, "two imports of the same input differ");
 }
 
 #[test]
