@@ -75,7 +75,11 @@ impl Flow {
         let b = self
             .buckets
             .entry(ts_us.div_euclid(interval_us))
-            .or_default();
+            .or_insert(Bucket {
+                out: 0,
+                inb: 0,
+                last_us: ts_us,
+            });
         b.out = b.out.saturating_add(out);
         b.inb = b.inb.saturating_add(inb);
         b.last_us = b.last_us.max(ts_us);

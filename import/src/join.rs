@@ -60,7 +60,6 @@ impl Pids<'_> {
     }
 }
 
-#[derive(Default)]
 struct NetAcc {
     out: u64,
     inb: u64,
@@ -73,6 +72,18 @@ struct NetAcc {
 type FiveTuple = (Transport, (IpAddr, u16), (IpAddr, u16));
 
 /// (host id, pid, protocol, destination address, port, interval index).
+impl NetAcc {
+    fn empty() -> NetAcc {
+        NetAcc {
+            out: 0,
+            inb: 0,
+            last_us: i64::MIN,
+            sni: None,
+            domain: None,
+        }
+    }
+}
+
 type NetKey = (u32, u32, Transport, IpAddr, u16, i64);
 
 fn kind_rank(e: &Event) -> u8 {
@@ -335,14 +346,14 @@ pub fn join(
             }
         };
         if f.buckets.is_empty() {
-            f.add(f.last_us, 0, 0, interval);
+            // No payload: still one zero-byte record, at the last packet.
             let at = f.last_us.div_euclid(interval);
             f.buckets.entry(at).or_default().last_us = f.last_us;
         }
         for (idx, b) in &f.buckets {
             let a = acc
                 .entry((host, pid, f.proto, f.server.0, f.server.1, *idx))
-                .or_default();
+                .or_insert_with(NetAcc::empty);
             a.out += b.out;
             a.inb += b.inb;
             a.last_us = a.last_us.max(b.last_us);
@@ -368,7 +379,7 @@ pub fn join(
         let host = hosts.id(&c.host);
         let a = acc
             .entry((host, pid, c.proto, c.dst.0, c.dst.1, t.div_euclid(interval)))
-            .or_default();
+            .or_insert_with(NetAcc::empty);
         a.last_us = a.last_us.max(t);
         if a.domain.is_none() {
             a.domain = c.dst_hostname.clone();
