@@ -84,7 +84,8 @@ struct ProcState {
     meta: Arc<ProcMeta>,
     ended: bool,
     last_activity: Timestamp,
-    window: Option<OpenWindow>,
+    /// Open windows, oldest first (more than one while late data may come).
+    windows: Vec<OpenWindow>,
     /// End of the last closed window: records before it are late.
     closed_through: Timestamp,
     day: i64,
@@ -311,12 +312,15 @@ impl Engine {
     /// Closes every window (all hosts) that ends at or before `watermark`:
     /// for idle hosts, the end of input, or a wall-clock tick in a collector.
     pub fn advance_to(&mut self, watermark: Timestamp) {
-        let due: Vec<Arc<str>> = self
+        let mut due: Vec<Arc<str>> = self
             .hosts
             .values()
             .filter(|h| h.next_close <= watermark)
             .map(|h| h.name.clone())
             .collect();
+        // Hosts are judged in name order: the same input gives the same
+        // alerts in the same order.
+        due.sort();
         for h in due {
             self.close_host_windows(&h, watermark);
         }
@@ -384,7 +388,7 @@ impl Engine {
             meta,
             ended: false,
             last_activity: p.ts,
-            window: None,
+            windows: Vec::new(),
             closed_through: Timestamp::MIN,
             day,
             day_out: 0,
@@ -496,7 +500,7 @@ impl Engine {
                         meta,
                         ended: false,
                         last_activity: n.ts,
-                        window: None,
+                        windows: Vec::new(),
                         closed_through: Timestamp::MIN,
                         day: n.ts.day(),
                         day_out: 0,
@@ -542,31 +546,26 @@ impl Engine {
         }
         // The interval ends at ts: it belongs to the window containing ts-1µs.
         let wstart = Timestamp(n.ts.0.saturating_sub(1)).window_start(window_us);
-        let mut closed = None;
         if wstart < p.closed_through {
             self.stats.late_records += 1;
         } else {
-            match &mut p.window {
-                Some(w) if w.start == wstart => {
+            match p.windows.iter_mut().find(|w| w.start == wstart) {
+                Some(w) => {
                     w.out = w.out.saturating_add(n.bytes_out);
                     w.inb = w.inb.saturating_add(n.bytes_in);
                     add_dest(&mut w.dests, &dest, 64);
                 }
-                Some(w) if w.start > wstart => {
-                    // An earlier window of this process that was never opened
-                    // and is now behind the open one: late.
-                    self.stats.late_records += 1;
-                }
-                _ => {
-                    if let Some(old) = p.window.take() {
-                        closed = Some(detach(p, old, window_us));
-                    }
-                    p.window = Some(OpenWindow {
-                        start: wstart,
-                        out: n.bytes_out,
-                        inb: n.bytes_in,
-                        dests: vec![dest],
-                    });
+                None => {
+                    let pos = p.windows.partition_point(|w| w.start < wstart);
+                    p.windows.insert(
+                        pos,
+                        OpenWindow {
+                            start: wstart,
+                            out: n.bytes_out,
+                            inb: n.bytes_in,
+                            dests: vec![dest],
+                        },
+                    );
                     let close_at = wstart.saturating_add_us(window_us);
                     if close_at < h.next_close {
                         h.next_close = close_at;
@@ -594,10 +593,6 @@ impl Engine {
             self.local.subtract(&before);
             self.local.add(&after);
         }
-        if let Some(c) = closed {
-            let host = h.name.clone();
-            self.judge(&host, c);
-        }
     }
 
     fn close_host_windows(&mut self, host: &str, watermark: Timestamp) {
@@ -612,24 +607,18 @@ impl Engine {
         let mut next = Timestamp(i64::MAX);
         for instances in h.procs.values_mut() {
             for p in instances.iter_mut() {
-                if let Some(w) = &p.window {
+                while let Some(w) = p.windows.first() {
                     let end = w.start.saturating_add_us(window_us);
                     if end <= watermark {
-                        if let Some(w) = p.window.take() {
-                            closed.push(detach(p, w, window_us));
-                        }
-                    } else if end < next {
-                        next = end;
+                        let w = p.windows.remove(0);
+                        closed.push(detach(p, w, window_us));
+                    } else {
+                        next = next.min(end);
+                        break;
                     }
                 }
             }
-            // Forget finished or long-idle processes whose windows are closed.
-            instances.retain(|p| {
-                p.window.is_some()
-                    || !(p.ended || p.last_activity.saturating_add_us(idle_us) < watermark)
-            });
         }
-        h.procs.retain(|_, v| !v.is_empty());
         h.next_close = next;
         let name = h.name.clone();
         // Judge in a deterministic order.
@@ -638,6 +627,16 @@ impl Engine {
         });
         for c in closed {
             self.judge(&name, c);
+        }
+        // Forget finished or long-idle processes whose windows are closed.
+        if let Some(h) = self.hosts.get_mut(host) {
+            for instances in h.procs.values_mut() {
+                instances.retain(|p| {
+                    !p.windows.is_empty()
+                        || !(p.ended || p.last_activity.saturating_add_us(idle_us) < watermark)
+                });
+            }
+            h.procs.retain(|_, v| !v.is_empty());
         }
     }
 
@@ -677,13 +676,28 @@ impl Engine {
                 &c.dests,
             ));
         }
+        // The live process knows best (several of its windows may close in
+        // one batch): its alert memory and the day's judged level.
+        let live = self.hosts.get(host).and_then(|h| {
+            h.procs
+                .get(&c.pid_index.0)
+                .and_then(|v| v.iter().find(|p| p.meta.start == c.pid_index.1))
+                .map(|p| {
+                    (
+                        p.last_alert,
+                        if p.day == day { p.cum_judged_bucket } else { 0 },
+                    )
+                })
+        });
+        let mut last_alert = live.map_or(c.last_alert, |l| l.0);
+        let cum_judged_bucket = live.map_or(c.cum_judged_bucket, |l| l.1.max(c.cum_judged_bucket));
         // Low and slow: the process's uploads that day, judged each time they
         // reach a new half-octave.
         let day_bucket = volume_bucket(c.day_out);
         let day_ratio = ratio_of(c.day_out, c.day_in);
-        let mut new_cum_bucket = c.cum_judged_bucket;
+        let mut new_cum_bucket = 0;
         if c.day_out >= self.cfg.min_cumulative_out_bytes
-            && day_bucket > c.cum_judged_bucket
+            && day_bucket > cum_judged_bucket
             && day_ratio >= self.cfg.min_ratio
         {
             new_cum_bucket = day_bucket;
@@ -696,7 +710,6 @@ impl Engine {
                 &c.day_dests,
             ));
         }
-        let mut last_alert = c.last_alert;
         if !findings.is_empty() {
             let own: Vec<AppDayStats> = self
                 .hosts
@@ -966,4 +979,447 @@ pub fn ratio_of(out: u64, inb: u64) -> f64 {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{ApprovedService, Suppression};
+    use crate::telemetry::{HostEvent, Transport};
+
+    const T0: i64 = 1_767_571_200_000_000; // 2026-01-05T00:00:00Z
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp(T0 + secs * 1_000_000)
+    }
+
+    fn start(host: &str, pid: u32, name: &str, at: i64, parent: Option<&str>) -> Event {
+        Event::ProcessStart(ProcessStart {
+            ts: t(at),
+            host: host.into(),
+            pid,
+            name: name.into(),
+            ppid: Some(1),
+            exe: Some(format!(r"C:\bin\{name}")),
+            cmdline: Some(name.into()),
+            user: Some("alice".into()),
+            parent_name: parent.map(str::to_string),
+        })
+    }
+
+    fn net(
+        host: &str,
+        pid: u32,
+        at: i64,
+        ip: &str,
+        out: u64,
+        inb: u64,
+        sni: Option<&str>,
+    ) -> Event {
+        Event::Net(NetRecord {
+            ts: t(at),
+            host: host.into(),
+            pid,
+            proto: Transport::Tcp,
+            dst_ip: ip.parse().unwrap(),
+            dst_port: 443,
+            bytes_out: out,
+            bytes_in: inb,
+            sni: sni.map(str::to_string),
+            domain: None,
+        })
+    }
+
+    /// Alerts on anything: no learning, no peer minimum, threshold 0.
+    fn eager() -> EngineConfig {
+        EngineConfig {
+            learning_secs: 0,
+            min_peers: 1,
+            alert_score: 0.0,
+            medium_score: 100.0,
+            high_score: 200.0,
+            critical_score: 300.0,
+            min_window_out_bytes: 1000,
+            min_cumulative_out_bytes: u64::MAX,
+            ..EngineConfig::default()
+        }
+    }
+
+    fn run(engine: &mut Engine, events: &[Event]) -> Vec<Alert> {
+        for e in events {
+            engine.ingest(e);
+        }
+        engine.flush();
+        engine.drain_alerts()
+    }
+
+    #[test]
+    fn a_window_accumulates_closes_and_explains_itself() {
+        let mut e = Engine::new(eager(), Policy::default());
+        let alerts = run(
+            &mut e,
+            &[
+                start("ws-1", 42, "WINWORD.EXE", 0, Some("explorer.exe")),
+                net(
+                    "ws-1",
+                    42,
+                    10,
+                    "162.125.1.1",
+                    3 << 20,
+                    1000,
+                    Some("content.dropboxapi.com"),
+                ),
+                net(
+                    "ws-1",
+                    42,
+                    60,
+                    "162.125.1.1",
+                    2 << 20,
+                    1000,
+                    Some("content.dropboxapi.com"),
+                ),
+                // The next minute: a second window.
+                net(
+                    "ws-1",
+                    42,
+                    70,
+                    "162.125.1.2",
+                    1 << 20,
+                    500,
+                    Some("content.dropboxapi.com"),
+                ),
+            ],
+        );
+        // The second window of the same process is a repeat, not a new alert.
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        assert_eq!(e.stats().repeats, 1);
+        let a = &alerts[0];
+        assert_eq!(a.app, "winword.exe");
+        assert_eq!(a.host, "ws-1");
+        assert_eq!(a.pid, 42);
+        assert_eq!(a.parent_app.as_deref(), Some("explorer.exe"));
+        assert_eq!(a.user.as_deref(), Some("alice"));
+        assert_eq!(a.exe.as_deref(), Some(r"C:\bin\WINWORD.EXE"));
+        assert_eq!(a.window_start, "2026-01-05T00:00:00Z");
+        assert_eq!(a.window_end, "2026-01-05T00:01:00Z");
+        assert_eq!(a.bytes_out, 5 << 20);
+        assert_eq!(a.bytes_in, 2000);
+        assert_eq!(a.service, "dropbox");
+        assert_eq!(a.destinations.len(), 1);
+        assert_eq!(
+            a.destinations[0].domain.as_deref(),
+            Some("content.dropboxapi.com")
+        );
+        let sum: f64 = a.reasons.iter().map(|r| r.contribution).sum();
+        assert!((sum - a.score).abs() < 0.01);
+        assert!(
+            a.summary()
+                .starts_with("winword.exe on ws-1 sent 5.0 MiB to dropbox"),
+            "{}",
+            a.summary()
+        );
+        assert_eq!(e.stats().windows_closed, 2);
+    }
+
+    #[test]
+    fn dns_answers_name_destinations_without_sni() {
+        let mut e = Engine::new(eager(), Policy::default());
+        let alerts = run(
+            &mut e,
+            &[
+                start("h", 7, "excel.exe", 0, None),
+                Event::Dns(DnsRecord {
+                    ts: t(1),
+                    host: "h".into(),
+                    query: "Content.DropboxAPI.com.".into(),
+                    answers: vec!["162.125.9.9".parse().unwrap()],
+                    pid: None,
+                }),
+                net("h", 7, 30, "162.125.9.9", 4 << 20, 100, None),
+            ],
+        );
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].service, "dropbox");
+        assert_eq!(
+            alerts[0].destinations[0].domain.as_deref(),
+            Some("content.dropboxapi.com")
+        );
+        // DNS seen on another host does not name this host's traffic.
+        let mut e = Engine::new(eager(), Policy::default());
+        let alerts = run(
+            &mut e,
+            &[
+                Event::Dns(DnsRecord {
+                    ts: t(1),
+                    host: "other".into(),
+                    query: "content.dropboxapi.com".into(),
+                    answers: vec!["162.125.9.9".parse().unwrap()],
+                    pid: None,
+                }),
+                net("h", 7, 30, "162.125.9.9", 4 << 20, 100, None),
+            ],
+        );
+        assert_eq!(alerts[0].service, "other");
+        assert!(alerts[0]
+            .reasons
+            .iter()
+            .any(|r| r.factor == "unnamed_destination"));
+    }
+
+    #[test]
+    fn internal_and_non_https_traffic_is_not_outbound() {
+        let mut e = Engine::new(eager(), Policy::default());
+        let mut plain = net("h", 7, 30, "8.8.8.8", 4 << 20, 100, None);
+        if let Event::Net(n) = &mut plain {
+            n.dst_port = 80;
+        }
+        let alerts = run(
+            &mut e,
+            &[
+                start("h", 7, "excel.exe", 0, None),
+                net("h", 7, 30, "10.1.2.3", 4 << 20, 100, Some("files.corp")),
+                net("h", 7, 30, "192.168.1.1", 4 << 20, 100, None),
+                plain,
+            ],
+        );
+        assert!(alerts.is_empty());
+        let s = e.stats();
+        assert_eq!(s.internal_records, 2);
+        assert_eq!(s.non_https_records, 1);
+        assert_eq!(s.windows_closed, 0);
+    }
+
+    #[test]
+    fn unknown_pids_are_kept_as_app_unknown() {
+        let mut e = Engine::new(eager(), Policy::default());
+        let alerts = run(
+            &mut e,
+            &[net(
+                "h",
+                999,
+                30,
+                "31.216.145.5",
+                8 << 20,
+                100,
+                Some("mega.nz"),
+            )],
+        );
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].app, "unknown");
+        assert_eq!(alerts[0].service, "mega");
+        assert_eq!(e.stats().unknown_pid_records, 1);
+    }
+
+    #[test]
+    fn pid_reuse_attributes_by_start_time() {
+        let mut e = Engine::new(eager(), Policy::default());
+        let alerts = run(
+            &mut e,
+            &[
+                start("h", 5, "notepad.exe", 0, None),
+                net("h", 5, 30, "1.1.1.1", 2 << 20, 10, Some("a.example")),
+                Event::ProcessEnd(ProcessEnd {
+                    ts: t(40),
+                    host: "h".into(),
+                    pid: 5,
+                }),
+                start("h", 5, "curl.exe", 100, None),
+                net("h", 5, 130, "1.1.1.1", 3 << 20, 10, Some("a.example")),
+            ],
+        );
+        let apps: Vec<(&str, u64)> = alerts
+            .iter()
+            .map(|a| (a.app.as_str(), a.bytes_out))
+            .collect();
+        assert_eq!(apps, [("notepad.exe", 2 << 20), ("curl.exe", 3 << 20)]);
+    }
+
+    #[test]
+    fn late_records_are_counted_not_lost() {
+        let mut e = Engine::new(eager(), Policy::default());
+        for ev in [
+            start("h", 5, "excel.exe", 0, None),
+            net("h", 5, 30, "1.1.1.1", 2 << 20, 10, Some("a.example")),
+            // Out of order but within the allowed lateness: same window.
+            net("h", 5, 85, "1.1.1.1", 1, 1, Some("a.example")),
+            net("h", 5, 20, "1.1.1.1", 1 << 20, 10, Some("a.example")),
+            // Event time moves far on: the first window closes.
+            net("h", 5, 400, "1.1.1.1", 1, 1, Some("a.example")),
+            // Too late for its window.
+            net("h", 5, 50, "1.1.1.1", 5 << 20, 10, Some("a.example")),
+        ] {
+            e.ingest(&ev);
+        }
+        let first = e.drain_alerts();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].bytes_out, 3 << 20);
+        assert_eq!(e.stats().late_records, 1);
+    }
+
+    #[test]
+    fn ids_are_stable_across_replays_and_hosts_are_independent() {
+        let events = vec![
+            start("a", 1, "winword.exe", 0, None),
+            start("b", 1, "winword.exe", 0, None),
+            net("a", 1, 30, "162.125.1.1", 4 << 20, 10, Some("dropbox.com")),
+            net("b", 1, 31, "162.125.1.1", 4 << 20, 10, Some("dropbox.com")),
+        ];
+        let a1 = run(&mut Engine::new(eager(), Policy::default()), &events);
+        let a2 = run(&mut Engine::new(eager(), Policy::default()), &events);
+        assert_eq!(a1.len(), 2);
+        let ids1: Vec<&str> = a1.iter().map(|a| a.id.as_str()).collect();
+        let ids2: Vec<&str> = a2.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids1, ids2);
+        assert_ne!(ids1[0], ids1[1]);
+    }
+
+    #[test]
+    fn policy_suppresses_and_approves_and_learning_holds_back() {
+        let events = vec![
+            start("build-1", 1, "curl", 0, None),
+            net(
+                "build-1",
+                1,
+                30,
+                "52.216.1.1",
+                4 << 20,
+                10,
+                Some("b.s3.amazonaws.com"),
+            ),
+        ];
+        let policy = Policy {
+            suppressions: vec![Suppression {
+                app: Some("curl".into()),
+                host: Some("build-*".into()),
+                service: None,
+                until: None,
+                reason: "CI".into(),
+            }],
+            ..Policy::default()
+        };
+        let mut e = Engine::new(eager(), policy);
+        assert!(run(&mut e, &events).is_empty());
+        assert_eq!(e.stats().suppressed, 1);
+
+        let approved = Policy {
+            approved: vec![ApprovedService {
+                service: "aws_s3".into(),
+                app: None,
+            }],
+            ..Policy::default()
+        };
+        let low = EngineConfig {
+            alert_score: -10.0,
+            ..eager()
+        };
+        let alerts = run(&mut Engine::new(low, approved), &events);
+        assert!(alerts[0]
+            .reasons
+            .iter()
+            .any(|r| r.factor == "approved_service" && r.contribution < 0.0));
+
+        let learning = EngineConfig {
+            learning_secs: 3600,
+            ..eager()
+        };
+        let mut e = Engine::new(learning, Policy::default());
+        assert!(run(&mut e, &events).is_empty());
+        assert_eq!(e.stats().learning, 1);
+    }
+
+    #[test]
+    fn repeated_findings_of_a_process_are_not_realerted() {
+        let mut events = vec![start("h", 1, "winword.exe", 0, None)];
+        for m in 0..10 {
+            events.push(net(
+                "h",
+                1,
+                30 + m * 60,
+                "162.125.1.1",
+                4 << 20,
+                10,
+                Some("dropbox.com"),
+            ));
+        }
+        let mut e = Engine::new(eager(), Policy::default());
+        let alerts = run(&mut e, &events);
+        assert_eq!(alerts.len(), 1, "{alerts:#?}");
+        assert_eq!(e.stats().repeats, 9);
+    }
+
+    #[test]
+    fn memory_is_released_when_processes_end() {
+        let mut e = Engine::new(eager(), Policy::default());
+        for pid in 0..500u32 {
+            e.ingest(&start("h", pid, "x.exe", i64::from(pid), None));
+            e.ingest(&net(
+                "h",
+                pid,
+                i64::from(pid) + 5,
+                "1.1.1.1",
+                10,
+                10,
+                Some("a.example"),
+            ));
+            e.ingest(&Event::ProcessEnd(ProcessEnd {
+                ts: t(i64::from(pid) + 6),
+                host: "h".into(),
+                pid,
+            }));
+        }
+        e.ingest(&Event::Host(HostEvent {
+            ts: t(10_000),
+            host: "h".into(),
+            os: None,
+            labels: Default::default(),
+        }));
+        e.advance_to(t(10_000));
+        assert!(e.stats().live_processes < 5, "{:?}", e.stats());
+    }
+
+    #[test]
+    fn the_judged_host_is_not_its_own_peer() {
+        // 20 hosts save small files; one host uploads big. Its own upload
+        // must not count as a peer that "did this too".
+        let cfg = EngineConfig {
+            min_peers: 5,
+            ..eager()
+        };
+        let mut e = Engine::new(cfg, Policy::default());
+        let mut events = Vec::new();
+        for h in 0..20 {
+            let host = format!("h{h}");
+            events.push(start(&host, 1, "winword.exe", 0, None));
+            events.push(net(
+                &host,
+                1,
+                30,
+                "13.107.136.1",
+                2 << 20,
+                1000,
+                Some("contoso.sharepoint.com"),
+            ));
+        }
+        for ev in &events {
+            e.ingest(ev);
+        }
+        // Every host's first window closes; then h0 uploads big.
+        e.advance_to(t(1000));
+        let alerts = run(
+            &mut e,
+            &[net(
+                "h0",
+                1,
+                4000,
+                "162.125.1.1",
+                300 << 20,
+                1000,
+                Some("dropbox.com"),
+            )],
+        );
+        let big = alerts.iter().find(|a| a.bytes_out == 300 << 20).unwrap();
+        let vol = big.reasons.iter().find(|r| r.factor == "volume").unwrap();
+        assert_eq!(vol.peers, 19);
+        assert!(vol.detail.contains("0 of 19"), "{}", vol.detail);
+    }
 }
