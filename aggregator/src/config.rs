@@ -46,6 +46,8 @@ pub struct AggregatorConfig {
     pub horizon_days: u32,
     /// Alerts kept for `ctl alerts` (fixed when the group is founded).
     pub max_alerts: usize,
+    /// Local IP address for connections to peers (multi-homed hosts).
+    pub source_ip: Option<std::net::IpAddr>,
     /// Bearer token accepted by the admin API off loopback.
     pub api_token: Option<String>,
     /// Serve the admin API over HTTPS (server certificate; an admin client
@@ -73,6 +75,7 @@ impl Default for AggregatorConfig {
             collector_timeout_ms: 15_000,
             horizon_days: 14,
             max_alerts: 10_000,
+            source_ip: None,
             api_token: None,
             api_tls: false,
         }
@@ -233,6 +236,9 @@ pub struct AggregatorArgs {
     pub horizon_days: Option<u32>,
     #[arg(long)]
     pub max_alerts: Option<usize>,
+    /// Local IP address for connections to peers.
+    #[arg(long)]
+    pub source_ip: Option<std::net::IpAddr>,
     /// Bearer token for the admin API off loopback (or env OUTFLOW_API_TOKEN).
     #[arg(long, env = "OUTFLOW_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -276,6 +282,9 @@ impl AggregatorArgs {
         set!(horizon_days, max_alerts);
         if let Some(v) = &self.certs {
             c.certs = Some(v.clone());
+        }
+        if let Some(v) = self.source_ip {
+            c.source_ip = Some(v);
         }
         if let Some(v) = &self.api_token {
             c.api_token = Some(v.clone());

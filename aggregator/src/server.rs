@@ -89,8 +89,9 @@ pub async fn start_aggregator(cfg: AggregatorConfig) -> anyhow::Result<RunningAg
     };
     let tls_for_transport = client_tls.clone();
     let configured = cfg.peer_map();
+    let source = cfg.source_ip;
     let node = Node::start(opts, disk, move |h| {
-        Box::new(GrpcTransport::new(rt, h, tls_for_transport, configured))
+        Box::new(GrpcTransport::new(rt, h, tls_for_transport, configured).with_source(source))
     })
     .context("starting the Raft node")?;
     let handle = node.handle.clone();

@@ -30,9 +30,18 @@ pub struct GrpcTransport {
     /// Addresses from the configuration, used until the replicated state
     /// knows better (a joining node has no state yet).
     configured: BTreeMap<u64, String>,
+    /// Local address for connections to peers (None: the OS picks).
+    source: Option<std::net::IpAddr>,
 }
 
 impl GrpcTransport {
+    /// Connect to peers from this local address (multi-homed hosts; tests
+    /// use it to tell nodes apart at a proxy).
+    pub fn with_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.source = source;
+        self
+    }
+
     pub fn new(
         rt: tokio::runtime::Handle,
         node: &NodeHandle,
@@ -46,6 +55,7 @@ impl GrpcTransport {
             tls,
             input: node.input().clone(),
             configured,
+            source: None,
         }
     }
 
@@ -100,9 +110,9 @@ impl Transport for GrpcTransport {
                 let Some(addr) = self.address(to) else {
                     continue;
                 };
-                let (tls, input) = (self.tls.clone(), self.input.clone());
+                let (tls, input, source) = (self.tls.clone(), self.input.clone(), self.source);
                 self.rt.spawn(async move {
-                    let ok = send_snapshot(&addr, tls.as_ref(), &m).await;
+                    let ok = send_snapshot(&addr, tls.as_ref(), source, &m).await;
                     if let Err(e) = &ok {
                         tracing::warn!(to, error = %e, "snapshot send failed; raft-rs retries");
                     }
@@ -123,7 +133,7 @@ impl Transport for GrpcTransport {
             let (_, tx) = links.entry(to).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(4096);
                 let (tls, input, a) = (self.tls.clone(), self.input.clone(), addr.clone());
-                self.rt.spawn(run_link(to, a, tls, rx, input));
+                self.rt.spawn(run_link(to, a, tls, self.source, rx, input));
                 (addr, tx)
             });
             // A full queue means the peer is slow or down: drop, Raft retries.
@@ -135,10 +145,12 @@ impl Transport for GrpcTransport {
 async fn send_snapshot(
     addr: &str,
     tls: Option<&ClientTlsConfig>,
+    source: Option<std::net::IpAddr>,
     m: &Message,
 ) -> Result<(), String> {
     let ch = endpoint(addr, tls)
         .map_err(|e| e.to_string())?
+        .local_address(source)
         .connect()
         .await
         .map_err(|e| e.to_string())?;
@@ -155,12 +167,13 @@ async fn run_link(
     to: u64,
     addr: String,
     tls: Option<ClientTlsConfig>,
+    source: Option<std::net::IpAddr>,
     mut rx: mpsc::Receiver<Message>,
     input: Sender<Input>,
 ) {
     loop {
         let ch = match endpoint(&addr, tls.as_ref()) {
-            Ok(ep) => ep.connect().await,
+            Ok(ep) => ep.local_address(source).connect().await,
             Err(e) => {
                 tracing::error!(to, %addr, error = %e, "bad peer address");
                 return;
