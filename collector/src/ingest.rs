@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::{Metrics, RejectReason};
-use crate::store::{NewBatch, Store};
+use crate::store::{NewBatch, Store, StoreError};
 
 /// What the engine task receives from ingest.
 pub struct DurableBatch {
@@ -308,7 +308,11 @@ fn check_batch(
     Ok(None)
 }
 
-/// The group committer: the only writer of the batch log.
+/// The group committer: the only writer of the batch log. Two stages: this
+/// loop decides duplicates and appends groups to sled; a flusher stage makes
+/// everything appended so far durable with one flush and only then
+/// acknowledges. While one flush runs, the next groups are appended, so the
+/// fsync latency does not serialise ingest.
 pub async fn run_committer(
     store: Store,
     mut rx: mpsc::Receiver<CommitRequest>,
@@ -318,6 +322,13 @@ pub async fn run_committer(
     gather: Duration,
     max_group: usize,
 ) {
+    let (flush_tx, flush_rx) = mpsc::channel::<FlushJob>(64);
+    let flusher = tokio::spawn(run_flusher(
+        store.clone(),
+        flush_rx,
+        engine_tx,
+        metrics.clone(),
+    ));
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         let deadline = tokio::time::Instant::now() + gather;
@@ -343,7 +354,7 @@ pub async fn run_committer(
         let mut fresh = Vec::new();
         let mut dup = Vec::with_capacity(group.len());
         let mut new_hw: Vec<(String, u64)> = Vec::new();
-        for r in &group {
+        for r in &mut group {
             let hw = high_water.get(&r.host).copied().unwrap_or(0);
             if r.sequence <= hw {
                 dup.push(true);
@@ -357,56 +368,98 @@ pub async fn run_committer(
                     arrival_ms: r.arrival_ms,
                     min_ts: r.min_ts,
                     max_ts: r.max_ts,
-                    bytes: r.bytes.clone(),
+                    bytes: std::mem::take(&mut r.bytes),
                 });
             }
         }
-        let result = if fresh.is_empty() {
+        let appended = if fresh.is_empty() {
             Ok(())
         } else {
-            match store.append(&fresh) {
-                Ok(()) => store.flush().await,
-                Err(e) => Err(e),
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.append(&fresh)).await {
+                Ok(r) => r,
+                Err(e) => Err(StoreError::Corrupt {
+                    key: "append".into(),
+                    reason: e.to_string(),
+                }),
             }
         };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, batches = fresh.len(), "group commit failed; agents will resend");
-            // Not durable: forget the high-water marks so resends are taken.
-            for (h, s) in &new_hw {
-                if high_water.get(h) == Some(s) {
-                    high_water.remove(h);
+        match appended {
+            Ok(()) => {
+                if flush_tx.send(FlushJob { group, dup }).await.is_err() {
+                    break;
                 }
             }
-            if let Ok(stored) = store.load_high_water() {
-                for (h, s) in stored {
-                    high_water.entry(h).or_insert(s);
+            Err(e) => {
+                tracing::error!(error = %e, batches = group.len(), "group commit failed; agents will resend");
+                // Not stored: forget the high-water marks so resends are taken.
+                for (h, s) in &new_hw {
+                    if high_water.get(h) == Some(s) {
+                        high_water.remove(h);
+                    }
+                }
+                if let Ok(stored) = store.load_high_water() {
+                    for (h, s) in stored {
+                        high_water.entry(h).or_insert(s);
+                    }
+                }
+                for r in group {
+                    let _ = r.reply.send(Err(e.to_string()));
                 }
             }
-        } else if !fresh.is_empty() {
+        }
+    }
+    drop(flush_tx);
+    let _ = flusher.await;
+}
+
+struct FlushJob {
+    group: Vec<CommitRequest>,
+    dup: Vec<bool>,
+}
+
+async fn run_flusher(
+    store: Store,
+    mut rx: mpsc::Receiver<FlushJob>,
+    engine_tx: mpsc::Sender<DurableBatch>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        // One flush covers every group appended before it started.
+        let result = store.flush().await;
+        if result.is_ok() {
             metrics.group_commits.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(e) = &result {
+            tracing::error!(error = %e, "sled flush failed; batches not acknowledged");
         }
         let mut to_engine = Vec::new();
-        for (r, is_dup) in group.into_iter().zip(dup) {
-            match &result {
-                Ok(()) => {
-                    if is_dup {
-                        metrics.duplicate_batches.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        metrics.batches.fetch_add(1, Ordering::Relaxed);
-                        metrics
-                            .samples
-                            .fetch_add(r.events.len() as u64, Ordering::Relaxed);
-                        metrics
-                            .agent_dropped_events
-                            .fetch_add(r.dropped, Ordering::Relaxed);
+        for job in jobs {
+            for (r, is_dup) in job.group.into_iter().zip(job.dup) {
+                match &result {
+                    Ok(()) => {
+                        if is_dup {
+                            metrics.duplicate_batches.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            metrics.batches.fetch_add(1, Ordering::Relaxed);
+                            metrics
+                                .samples
+                                .fetch_add(r.events.len() as u64, Ordering::Relaxed);
+                            metrics
+                                .agent_dropped_events
+                                .fetch_add(r.dropped, Ordering::Relaxed);
+                        }
+                        let _ = r.reply.send(Ok(is_dup));
+                        if !is_dup {
+                            to_engine.push(r.events);
+                        }
                     }
-                    let _ = r.reply.send(Ok(is_dup));
-                    if !is_dup {
-                        to_engine.push(r.events);
+                    Err(e) => {
+                        let _ = r.reply.send(Err(e.to_string()));
                     }
-                }
-                Err(e) => {
-                    let _ = r.reply.send(Err(e.to_string()));
                 }
             }
         }
