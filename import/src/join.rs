@@ -27,7 +27,9 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use outflow_core::telemetry::{DnsRecord, Event, NetRecord, ProcessEnd, ProcessStart, Transport};
+use outflow_core::telemetry::{
+    DnsRecord, Event, HostEvent, NetRecord, ProcessEnd, ProcessStart, Transport,
+};
 use outflow_core::Timestamp;
 
 use crate::config::ImportConfig;
@@ -231,6 +233,17 @@ pub fn join(
         })
         .collect();
     let host_of_ip = |ip: &IpAddr| ip_host.get(ip).cloned().unwrap_or_else(|| ip.to_string());
+
+    // Hosts that sent Sysmon logs run Windows.
+    for (host, ts) in &log.hosts {
+        events.push(Event::Host(HostEvent {
+            ts: *ts,
+            host: host.clone(),
+            os: Some("windows".into()),
+            labels: Default::default(),
+        }));
+        report.hosts += 1;
+    }
 
     // Processes.
     let mut started: HashSet<&str> = HashSet::new();

@@ -96,6 +96,8 @@ pub struct ImportReport {
     /// `process_start` records synthesised for processes seen only in later
     /// events (started before the log began).
     pub synthesized_starts: u64,
+    /// `host` events: one per host that sent Sysmon logs.
+    pub hosts: u64,
     pub process_starts: u64,
     pub process_ends: u64,
     pub dns_records: u64,
@@ -216,8 +218,9 @@ impl fmt::Display for ImportReport {
         }
         writeln!(
             f,
-            "  written {} events: process_start {} (synthesised {}), process_end {}, dns {}, net {}; synthetic pids {}",
+            "  written {} events: host {}, process_start {} (synthesised {}), process_end {}, dns {}, net {}; synthetic pids {}",
             self.events_written,
+            self.hosts,
             self.process_starts,
             self.synthesized_starts,
             self.process_ends,

@@ -12,7 +12,7 @@
 //! records often lack `ProcessId`. Records of other channels (Security,
 //! PowerShell…) in the same file are skipped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
@@ -104,8 +104,8 @@ pub struct SysmonLog {
     pub procs: HashMap<String, ProcInfo>,
     /// Local addresses of each host (from EventID 3), with how often seen.
     pub ip_hosts: HashMap<IpAddr, BTreeMap<String, u64>>,
-    /// Every host that sent Sysmon records.
-    pub hosts: BTreeSet<String>,
+    /// Every host that sent Sysmon records, with its first record's time.
+    pub hosts: BTreeMap<String, Timestamp>,
 }
 
 /// Reads one file (or zip of files) of Sysmon JSON lines into `log`.
@@ -490,7 +490,8 @@ fn parse_record(
         }
         _ => unreachable!("filtered above"),
     }
-    log.hosts.insert(host);
+    let first = log.hosts.entry(host).or_insert(ts);
+    *first = (*first).min(ts);
     report.sysmon.used += 1;
     Ok(())
 }

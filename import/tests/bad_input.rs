@@ -127,10 +127,16 @@ fn sysmon_problems_are_located_line_by_line() {
     );
     assert!(report.rejections[0].detail.contains("Image"));
     assert!(report.rejections[2].detail.contains("SourcePort"));
-    // Lines 1 and 6 imported; the +02:00 time is 12:00:00Z.
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[0].ts().to_rfc3339(), "2024-05-01T12:00:00Z");
-    assert!(matches!(events[1], Event::ProcessEnd(_)));
+    // Lines 1 and 6 imported, after the host's `host` event; the +02:00
+    // time is 12:00:00Z.
+    assert_eq!(events.len(), 3, "{events:?}");
+    let Event::Host(h) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!((h.host.as_str(), h.os.as_deref()), ("h1", Some("windows")));
+    assert_eq!(events[1].ts().to_rfc3339(), "2024-05-01T12:00:00Z");
+    assert!(matches!(events[1], Event::ProcessStart(_)));
+    assert!(matches!(events[2], Event::ProcessEnd(_)));
     // The summary names the reasons.
     let text = report.to_string();
     assert!(text.contains("sysmon/unknown_event_id: 1"), "{text}");
