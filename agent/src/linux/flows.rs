@@ -100,7 +100,7 @@ impl FlowTracker {
             return;
         }
         let out = r.out_bytes();
-        let inb = r.bytes_received;
+        let inb = r.in_bytes();
         let (d_out, d_in, key_pid, remote, sni) = match self.socks.get_mut(&r.cookie) {
             Some(t) => {
                 let d = (out.saturating_sub(t.out), inb.saturating_sub(t.inb));

@@ -56,13 +56,30 @@ pub struct SockRecord {
 }
 
 impl SockRecord {
-    /// Bytes sent and acknowledged, without the SYN/FIN sequence numbers:
-    /// `min(bytes_acked, bytes_sent)` (bytes_sent counts data only, including
-    /// retransmissions; bytes_acked counts each byte once plus SYN/FIN).
+    /// Bytes received, without the peer's FIN (which advances
+    /// `bytes_received` by one): in CLOSE_WAIT, LAST_ACK, CLOSING and CLOSE
+    /// (how destroyed sockets report) a FIN was (normally) received. A
+    /// socket closed by a reset is under-counted by that one byte.
+    pub fn in_bytes(&self) -> u64 {
+        match self.state {
+            7 | 8 | 9 | 11 => self.bytes_received.saturating_sub(1),
+            _ => self.bytes_received,
+        }
+    }
+
+    /// Bytes sent and acknowledged, without the SYN/FIN sequence numbers.
+    /// `bytes_acked` counts every payload byte once, plus one for our SYN
+    /// (connecting side) and one for our FIN once acknowledged (FIN_WAIT2,
+    /// and CLOSE as destroyed sockets report); `bytes_sent` counts payload
+    /// only but includes retransmissions. So: FIN removed by state, then the
+    /// smaller of the two — exact without retransmissions, at most one byte
+    /// (the SYN) over with them.
     pub fn out_bytes(&self) -> u64 {
+        let fin = u64::from(matches!(self.state, 5 | 7));
+        let acked = self.bytes_acked.saturating_sub(fin);
         match self.bytes_sent {
-            Some(s) => self.bytes_acked.min(s),
-            None => self.bytes_acked.saturating_sub(1),
+            Some(s) => acked.min(s),
+            None => acked.saturating_sub(1),
         }
     }
 }
