@@ -80,6 +80,9 @@ pub struct ImportReport {
     /// Flows (or UDP datagrams) seen twice — in two captures, or in Zeek and
     /// a capture — and counted once.
     pub duplicates: u64,
+    /// Zeek connections from outside to a local address, emitted as seen
+    /// from the local responder.
+    pub zeek_inbound: u64,
     /// Flows attributed to a process by a Sysmon EventID 3.
     pub flows_joined: u64,
     /// Flows with no Sysmon connection: emitted with `pid` 0 (app `unknown`).
@@ -209,6 +212,13 @@ impl fmt::Display for ImportReport {
             self.flows_unmatched_on_sysmon_hosts,
             self.duplicates
         )?;
+        if self.zeek_inbound > 0 {
+            writeln!(
+                f,
+                "  zeek connections from outside to a local address (host = the local responder) {}",
+                self.zeek_inbound
+            )?;
+        }
         if self.sysmon_connections > 0 {
             writeln!(
                 f,

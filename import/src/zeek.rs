@@ -4,7 +4,9 @@
 //! `conn`, `ssl` and `dns` (`conn.log`, `conn.log.labeled`, `dns.json`…).
 //!
 //! `orig_bytes`/`resp_bytes` are payload bytes from sequence numbers, the
-//! same measure the pcap importer takes. A connection's bytes are spread over
+//! same measure the pcap importer takes. The originator is the host, except
+//! for connections Zeek marks as coming from outside to a local address
+//! (`local_orig` F, `local_resp` T): there the local responder is the host. A connection's bytes are spread over
 //! the intervals it lasted, in proportion to time (Zeek gives only totals).
 
 use std::collections::HashMap;
@@ -63,6 +65,9 @@ impl LogKind {
 #[derive(Clone, Debug)]
 struct ConnRec {
     uid: Option<String>,
+    /// From outside to a local address: the server name in ssl.log is the
+    /// local server's own, not a destination's, so it is not attached.
+    inbound: bool,
     flow: Flow,
 }
 
@@ -532,6 +537,17 @@ fn record(
             };
             let out = count_field(row, "orig_bytes")?;
             let inb = count_field(row, "resp_bytes")?;
+            // Zeek knows which side is local (`Site::local_nets`). A
+            // connection from outside to a local address is seen from the
+            // local responder: it is the host, and what it sent is "out".
+            let inbound = row.str("local_orig").as_deref() == Some("F")
+                && row.str("local_resp").as_deref() == Some("T");
+            let (client, server, out, inb) = if inbound {
+                report.zeek_inbound += 1;
+                (server, client, inb, out)
+            } else {
+                (client, server, out, inb)
+            };
             let start = ts.as_micros();
             let end = start.saturating_add(duration_us);
             let mut flow = Flow::new(proto, client, server, start, FlowOrigin::Zeek);
@@ -539,6 +555,7 @@ fn record(
             spread(&mut flow, start, end, out, inb, cfg.interval_us());
             data.conns.push(ConnRec {
                 uid: row.str("uid"),
+                inbound,
                 flow,
             });
             report.zeek.used += 1;
@@ -583,7 +600,7 @@ impl ZeekData {
     pub fn finish(self, net: &mut NetworkData) {
         let ZeekData { conns, sni, .. } = self;
         for mut c in conns {
-            if let Some(u) = &c.uid {
+            if let (Some(u), false) = (&c.uid, c.inbound) {
                 if let Some(s) = sni.get(u) {
                     c.flow.sni = Some(s.clone());
                 }

@@ -219,12 +219,20 @@ fn stratosphere_zeek_network_only_counts_match_the_logs() {
             _ => None,
         })
         .collect();
-    // Sums of orig_bytes / resp_bytes over tcp+udp rows of conn.log.labeled.
-    assert_eq!(nets.iter().map(|n| n.bytes_out).sum::<u64>(), 124_767_538);
-    assert_eq!(nets.iter().map(|n| n.bytes_in).sum::<u64>(), 1_656_251_157);
-    // No process: every record is pid 0, host = the client address.
+    // 3285 of those rows are from the Internet to the local host
+    // (local_orig F, local_resp T): seen from the local responder, so their
+    // resp_bytes are its "out". Sums over tcp+udp rows of conn.log.labeled:
+    // orig_bytes of outbound + resp_bytes of inbound rows, and the converse.
+    assert_eq!(report.zeek_inbound, 3285);
+    assert_eq!(nets.iter().map(|n| n.bytes_out).sum::<u64>(), 124_724_001);
+    assert_eq!(nets.iter().map(|n| n.bytes_in).sum::<u64>(), 1_656_294_694);
+    // All bytes of the log, none lost or doubled.
+    let all: u64 = nets.iter().map(|n| n.bytes_out + n.bytes_in).sum();
+    assert_eq!(all, 124_767_538 + 1_656_251_157);
+    // No process: every record is pid 0; one local address, one host: the
+    // dataset is 24 h of a single machine.
     assert!(nets.iter().all(|n| n.pid == 0));
-    assert!(nets.iter().any(|n| n.host == "147.32.83.234"));
+    assert!(nets.iter().all(|n| n.host == "147.32.83.234"));
     // SNI from ssl.log by uid: e.g. client.wns.windows.com on 20.199.120.85:443.
     let wns = "20.199.120.85".parse::<IpAddr>().unwrap();
     assert!(nets
