@@ -540,8 +540,13 @@ fn record(
             // Zeek knows which side is local (`Site::local_nets`). A
             // connection from outside to a local address is seen from the
             // local responder: it is the host, and what it sent is "out".
-            let inbound = row.str("local_orig").as_deref() == Some("F")
-                && row.str("local_resp").as_deref() == Some("T");
+            // TSV writes T/F, JSON true/false.
+            let flag = |k: &str| match row.str(k).as_deref() {
+                Some("T") | Some("true") => Some(true),
+                Some("F") | Some("false") => Some(false),
+                _ => None,
+            };
+            let inbound = flag("local_orig") == Some(false) && flag("local_resp") == Some(true);
             let (client, server, out, inb) = if inbound {
                 report.zeek_inbound += 1;
                 (server, client, inb, out)
@@ -652,6 +657,46 @@ mod tests {
         assert_eq!((f.total_out(), f.total_in()), (9000, 300));
         // 150 s spread over three or four 60 s intervals.
         assert!(f.buckets.len() >= 3, "{:?}", f.buckets);
+    }
+
+    #[test]
+    fn inbound_connections_are_seen_from_the_local_responder() {
+        let conn = r#"{"ts":1.0,"uid":"CIN","id.orig_h":"203.0.113.9","id.orig_p":40000,"id.resp_h":"10.0.0.5","id.resp_p":443,"proto":"tcp","orig_bytes":100,"resp_bytes":5000,"local_orig":false,"local_resp":true}
+{"ts":2.0,"uid":"COUT","id.orig_h":"10.0.0.5","id.orig_p":50000,"id.resp_h":"203.0.113.9","id.resp_p":443,"proto":"tcp","orig_bytes":7,"resp_bytes":8,"local_orig":true,"local_resp":false}"#;
+        let ssl = r#"{"uid":"CIN","server_name":"intranet.example"}
+{"uid":"COUT","server_name":"upload.example"}"#;
+        let mut data = ZeekData::default();
+        let mut net = NetworkData::default();
+        let mut report = ImportReport::default();
+        let cfg = ImportConfig::default();
+        read_reader(
+            "ssl.json",
+            &mut ssl.as_bytes(),
+            Some(LogKind::Ssl),
+            &cfg,
+            &mut data,
+            &mut net,
+            &mut report,
+        );
+        read_reader(
+            "conn.json",
+            &mut conn.as_bytes(),
+            Some(LogKind::Conn),
+            &cfg,
+            &mut data,
+            &mut net,
+            &mut report,
+        );
+        data.finish(&mut net);
+        assert_eq!(report.zeek_inbound, 1);
+        let local: IpAddr = "10.0.0.5".parse().unwrap();
+        let inb = &net.flows[0];
+        assert_eq!((inb.client.0, inb.server.1), (local, 40000));
+        assert_eq!((inb.total_out(), inb.total_in()), (5000, 100));
+        assert_eq!(inb.sni, None);
+        let out = &net.flows[1];
+        assert_eq!((out.client.0, out.server.1), (local, 443));
+        assert_eq!(out.sni.as_deref(), Some("upload.example"));
     }
 
     #[test]
