@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use outflow_core::telemetry::{parse_line_bytes, ParseError};
-use outflow_core::{Alert, Engine, EngineConfig, EngineStats, Policy, Timestamp};
+use outflow_core::{Alert, Engine, EngineConfig, EngineStats, Event, Policy, Timestamp};
 use serde::Deserialize;
 
 #[derive(Args, Debug, Clone, Default)]
@@ -162,8 +162,23 @@ const EXAMPLES: usize = 20;
 
 /// Streams `input` through `engine`, handing each alert to `on_alert` as it
 /// fires. Memory is bounded by the engine's live state, not by the input.
+/// Lines parsed per batch handed from the parser thread to the engine.
+const BATCH_LINES: usize = 2048;
+/// Batches in flight between the two threads: bounds memory.
+const BATCHES_IN_FLIGHT: usize = 8;
+
+struct ParsedBatch {
+    /// (line number, parse result), in input order; blank lines skipped.
+    lines: Vec<(u64, Result<Event, ParseError>)>,
+    bytes: u64,
+    last_line: u64,
+}
+
+/// Streams `input` through `engine`, handing each alert to `on_alert` as it
+/// fires. One thread reads and parses, the caller's thread runs the engine;
+/// a bounded channel between them keeps memory bounded whatever the input.
 pub fn run_stream(
-    input: &mut dyn BufRead,
+    input: &mut (dyn BufRead + Send),
     engine: &mut Engine,
     strict: bool,
     on_alert: &mut dyn FnMut(&Alert) -> io::Result<()>,
@@ -171,43 +186,45 @@ pub fn run_stream(
 ) -> anyhow::Result<Result<ReplaySummary, (ReplaySummary, StrictStop)>> {
     let started = Instant::now();
     let mut s = ReplaySummary::default();
-    let mut buf = Vec::with_capacity(512);
     let idle_us = engine.config().lateness_us() + engine.config().window_us() + 300_000_000;
-    let mut bytes = 0u64;
-    loop {
-        buf.clear();
-        let n = input.read_until(b'\n', &mut buf).context("reading input")?;
-        if n == 0 {
-            break;
-        }
-        bytes += n as u64;
-        s.lines += 1;
-        let line = trim_newline(&buf);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match parse_line_bytes(line) {
-            Ok(ev) => {
-                s.events += 1;
-                engine.ingest(&ev);
-            }
-            Err(error) => {
-                s.rejected += 1;
-                *s.rejected_by_reason
-                    .entry(error.reason_key().to_string())
-                    .or_default() += 1;
-                if s.rejected_examples.len() < EXAMPLES {
-                    s.rejected_examples
-                        .push(format!("line {}: {error}", s.lines));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<ParsedBatch>>(BATCHES_IN_FLIGHT);
+    let outcome = std::thread::scope(|scope| -> anyhow::Result<Option<StrictStop>> {
+        // Owned here: returning early drops it, which stops the parser.
+        let rx = rx;
+        scope.spawn(move || parse_batches(input, &tx));
+        let mut bytes = 0u64;
+        for batch in rx.iter() {
+            let batch = batch.context("reading input")?;
+            bytes += batch.bytes;
+            s.lines = batch.last_line;
+            for (line_no, parsed) in batch.lines {
+                match parsed {
+                    Ok(ev) => {
+                        s.events += 1;
+                        engine.ingest(&ev);
+                    }
+                    Err(error) => {
+                        s.rejected += 1;
+                        *s.rejected_by_reason
+                            .entry(error.reason_key().to_string())
+                            .or_default() += 1;
+                        if s.rejected_examples.len() < EXAMPLES {
+                            s.rejected_examples.push(format!("line {line_no}: {error}"));
+                        }
+                        if strict {
+                            s.lines = line_no;
+                            // Dropping the receiver stops the parser.
+                            return Ok(Some(StrictStop { line: line_no, error }));
+                        }
+                    }
                 }
-                if strict {
-                    finish(&mut s, engine, started, on_alert)?;
-                    let line = s.lines;
-                    return Ok(Err((s, StrictStop { line, error })));
+                if engine.pending_alerts() > 0 {
+                    for a in engine.drain_alerts() {
+                        s.alerts += 1;
+                        on_alert(&a)?;
+                    }
                 }
             }
-        }
-        if s.lines % 4096 == 0 {
             // Hosts that went quiet: close their windows as event time moves on.
             let wm = Timestamp(engine.max_ts().0.saturating_sub(idle_us));
             engine.advance_to(wm);
@@ -217,16 +234,52 @@ pub fn run_stream(
             }
             on_progress(bytes);
         }
-        if engine.pending_alerts() > 0 {
-            for a in engine.drain_alerts() {
-                s.alerts += 1;
-                on_alert(&a)?;
+        Ok(None)
+    })?;
+    finish(&mut s, engine, started, on_alert)?;
+    match outcome {
+        Some(stop) => Ok(Err((s, stop))),
+        None => Ok(Ok(s)),
+    }
+}
+
+fn parse_batches(input: &mut (dyn BufRead + Send), tx: &std::sync::mpsc::SyncSender<io::Result<ParsedBatch>>) {
+    let mut buf = Vec::with_capacity(512);
+    let mut line_no = 0u64;
+    loop {
+        let mut batch = ParsedBatch {
+            lines: Vec::with_capacity(BATCH_LINES),
+            bytes: 0,
+            last_line: line_no,
+        };
+        let mut eof = false;
+        while batch.lines.len() < BATCH_LINES {
+            buf.clear();
+            match input.read_until(b'\n', &mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    batch.bytes += n as u64;
+                    line_no += 1;
+                    let line = trim_newline(&buf);
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    batch.lines.push((line_no, parse_line_bytes(line)));
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
             }
         }
+        batch.last_line = line_no;
+        if tx.send(Ok(batch)).is_err() || eof {
+            return;
+        }
     }
-    finish(&mut s, engine, started, on_alert)?;
-    on_progress(bytes);
-    Ok(Ok(s))
 }
 
 fn finish(
@@ -289,7 +342,7 @@ pub fn render_summary(s: &ReplaySummary) -> String {
     out
 }
 
-pub fn open_input(input: &str) -> anyhow::Result<(Box<dyn BufRead>, Option<u64>)> {
+pub fn open_input(input: &str) -> anyhow::Result<(Box<dyn BufRead + Send>, Option<u64>)> {
     if input == "-" {
         Ok((
             Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
@@ -299,7 +352,7 @@ pub fn open_input(input: &str) -> anyhow::Result<(Box<dyn BufRead>, Option<u64>)
         let f = File::open(input).with_context(|| format!("cannot open input {input}"))?;
         let len = f.metadata().ok().map(|m| m.len());
         Ok((
-            Box::new(BufReader::with_capacity(1 << 20, f)) as Box<dyn BufRead>,
+            Box::new(BufReader::with_capacity(1 << 20, f)) as Box<dyn BufRead + Send>,
             len,
         ))
     }

@@ -7,6 +7,9 @@
 //! and folded into the host's daily statistics, which feed the baseline.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Hash maps keyed by host names, pids, IPs: a fast hasher with a random seed.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -104,11 +107,17 @@ struct HostState {
     name: Arc<str>,
     max_ts: Timestamp,
     /// Instances of each pid, oldest first (pid reuse).
-    procs: HashMap<u32, Vec<ProcState>>,
-    dns: HashMap<IpAddr, Arc<str>>,
+    procs: Map<u32, Vec<ProcState>>,
+    /// Pids with at least one open window (closing visits only these).
+    open_pids: Vec<u32>,
+    /// Next time finished and idle processes are swept out.
+    next_sweep: Timestamp,
+    /// The first day the host sent telemetry.
+    first_day: i64,
+    dns: Map<IpAddr, Arc<str>>,
     dns_order: VecDeque<IpAddr>,
     /// What the host did per (app, day) within the horizon.
-    app_days: BTreeMap<(Arc<str>, i64), HostAppDay>,
+    app_days: Map<(Arc<str>, i64), HostAppDay>,
     apps_seen: std::collections::HashSet<Arc<str>>,
     /// Earliest instant at which some open window may close.
     next_close: Timestamp,
@@ -119,10 +128,13 @@ impl HostState {
         HostState {
             name,
             max_ts: Timestamp::MIN,
-            procs: HashMap::new(),
-            dns: HashMap::new(),
+            procs: Map::default(),
+            open_pids: Vec::new(),
+            next_sweep: Timestamp::MIN,
+            first_day: i64::MAX,
+            dns: Map::default(),
             dns_order: VecDeque::new(),
-            app_days: BTreeMap::new(),
+            app_days: Map::default(),
             apps_seen: Default::default(),
             next_close: Timestamp(i64::MAX),
         }
@@ -140,7 +152,6 @@ struct ClosedWindow {
     day_out: u64,
     day_in: u64,
     day_first: Timestamp,
-    day_dests: Vec<DestAcc>,
     cum_judged_bucket: u8,
     day_upload_windows: u64,
     last_alert: Option<(crate::alert::Severity, Timestamp)>,
@@ -151,8 +162,12 @@ pub struct Engine {
     cfg: EngineConfig,
     catalogue: Catalogue,
     policy: Policy,
-    hosts: HashMap<Arc<str>, HostState>,
-    apps: HashMap<String, Arc<str>>,
+    hosts: Map<Arc<str>, HostState>,
+    apps: Map<String, Arc<str>>,
+    unknown_app: Arc<str>,
+    other: Arc<str>,
+    /// Destination names as seen → (normalised name, service), bounded.
+    names: Map<Box<str>, (Arc<str>, Arc<str>)>,
     /// The summed contributions of this engine's hosts.
     local: FleetBaseline,
     /// The fleet baseline from the aggregator (distributed mode), and what of
@@ -176,8 +191,11 @@ impl Engine {
             cfg,
             catalogue,
             policy,
-            hosts: HashMap::new(),
-            apps: HashMap::new(),
+            hosts: Map::default(),
+            apps: Map::default(),
+            unknown_app: Arc::from(UNKNOWN_APP),
+            other: Arc::from(OTHER),
+            names: Map::default(),
             local: FleetBaseline::new(),
             fleet: None,
             shipped: FleetBaseline::new(),
@@ -199,6 +217,7 @@ impl Engine {
             catalogue.add(&e.service, &e.suffix);
         }
         self.catalogue = catalogue;
+        self.names.clear();
         self.policy = policy;
     }
 
@@ -254,6 +273,28 @@ impl Engine {
         self.max_ts
     }
 
+    /// A destination name as seen on the wire → (normalised, service), cached.
+    fn classify_name(&mut self, raw: &str) -> (Arc<str>, Arc<str>) {
+        if let Some(v) = self.names.get(raw) {
+            return v.clone();
+        }
+        if self.names.len() >= 200_000 {
+            self.names.clear();
+        }
+        let norm: Arc<str> = Arc::from(raw.trim_end_matches('.').to_ascii_lowercase());
+        let service: Arc<str> = match self.catalogue.classify(&norm) {
+            Some(s) => Arc::from(s),
+            None => self.other.clone(),
+        };
+        self.names
+            .insert(Box::from(raw), (norm.clone(), service.clone()));
+        if norm.as_ref() != raw {
+            self.names
+                .insert(Box::from(norm.as_ref()), (norm.clone(), service.clone()));
+        }
+        (norm, service)
+    }
+
     fn intern_app(&mut self, app: &str) -> Arc<str> {
         if let Some(a) = self.apps.get(app) {
             return a.clone();
@@ -296,6 +337,7 @@ impl Engine {
                 if ts > h.max_ts {
                     h.max_ts = ts;
                 }
+                h.first_day = h.first_day.min(ts.day());
                 h.max_ts.saturating_sub_us(self.cfg.lateness_us()) >= h.next_close
             })
             .unwrap_or(false);
@@ -461,22 +503,26 @@ impl Engine {
             return;
         }
         let window_us = self.cfg.window_us();
-        let unknown_app = self.intern_app(UNKNOWN_APP);
+        let unknown_app = self.unknown_app.clone();
+        // Destination name: SNI, then the record's domain, then DNS seen on the host.
+        let raw = n.sni.as_deref().or(n.domain.as_deref());
+        let named = raw.map(|r| self.classify_name(r));
         let Some(h) = self.hosts.get_mut(n.host.as_str()) else {
             return;
         };
-        // Destination name: SNI, then the record's domain, then DNS seen on the host.
-        let name: Option<Arc<str>> = n
-            .sni
-            .as_deref()
-            .or(n.domain.as_deref())
-            .map(|s| Arc::from(s.trim_end_matches('.').to_ascii_lowercase()))
-            .or_else(|| h.dns.get(&n.dst_ip).cloned());
-        let service: Arc<str> = Arc::from(
-            name.as_deref()
-                .and_then(|s| self.catalogue.classify(s))
-                .unwrap_or(OTHER),
-        );
+        let (name, service) = match named {
+            Some((name, service)) => (Some(name), service),
+            None => match h.dns.get(&n.dst_ip).cloned() {
+                Some(name) => {
+                    let service = match self.names.get(name.as_ref()) {
+                        Some((_, s)) => s.clone(),
+                        None => Arc::from(self.catalogue.classify(&name).unwrap_or(OTHER)),
+                    };
+                    (Some(name), service)
+                }
+                None => (None, self.other.clone()),
+            },
+        };
         // The process: the latest start at or before ts; else app `unknown`.
         let instances = h.procs.entry(n.pid).or_default();
         let idx = instances.iter().rposition(|s| s.meta.start <= n.ts);
@@ -556,6 +602,9 @@ impl Engine {
                     add_dest(&mut w.dests, &dest, 64);
                 }
                 None => {
+                    if p.windows.is_empty() && !h.open_pids.contains(&n.pid) {
+                        h.open_pids.push(n.pid);
+                    }
                     let pos = p.windows.partition_point(|w| w.start < wstart);
                     p.windows.insert(
                         pos,
@@ -605,7 +654,12 @@ impl Engine {
         };
         let mut closed = Vec::new();
         let mut next = Timestamp(i64::MAX);
-        for instances in h.procs.values_mut() {
+        let mut still_open = Vec::with_capacity(h.open_pids.len());
+        for pid in std::mem::take(&mut h.open_pids) {
+            let Some(instances) = h.procs.get_mut(&pid) else {
+                continue;
+            };
+            let mut open = false;
             for p in instances.iter_mut() {
                 while let Some(w) = p.windows.first() {
                     let end = w.start.saturating_add_us(window_us);
@@ -614,29 +668,43 @@ impl Engine {
                         closed.push(detach(p, w, window_us));
                     } else {
                         next = next.min(end);
+                        open = true;
                         break;
                     }
                 }
             }
+            if open {
+                still_open.push(pid);
+            }
         }
+        h.open_pids = still_open;
         h.next_close = next;
+        let sweep = watermark >= h.next_sweep;
+        if sweep {
+            h.next_sweep = watermark.saturating_add_us(SWEEP_US);
+        }
         let name = h.name.clone();
         // Judge in a deterministic order.
-        closed.sort_by(|a, b| {
-            (a.start, a.meta.pid, a.meta.start).cmp(&(b.start, b.meta.pid, b.meta.start))
-        });
+        if closed.len() > 1 {
+            closed.sort_unstable_by(|a, b| {
+                (a.start, a.meta.pid, a.meta.start).cmp(&(b.start, b.meta.pid, b.meta.start))
+            });
+        }
         for c in closed {
             self.judge(&name, c);
         }
-        // Forget finished or long-idle processes whose windows are closed.
-        if let Some(h) = self.hosts.get_mut(host) {
-            for instances in h.procs.values_mut() {
-                instances.retain(|p| {
-                    !p.windows.is_empty()
-                        || !(p.ended || p.last_activity.saturating_add_us(idle_us) < watermark)
-                });
+        // Now and then, forget finished or long-idle processes whose windows
+        // are closed (bounded memory).
+        if sweep {
+            if let Some(h) = self.hosts.get_mut(host) {
+                for instances in h.procs.values_mut() {
+                    instances.retain(|p| {
+                        !p.windows.is_empty()
+                            || !(p.ended || p.last_activity.saturating_add_us(idle_us) < watermark)
+                    });
+                }
+                h.procs.retain(|_, v| !v.is_empty());
             }
-            h.procs.retain(|_, v| !v.is_empty());
         }
     }
 
@@ -664,7 +732,6 @@ impl Engine {
         let rb = ratio_bucket(c.out, c.inb, self.cfg.ratio_smoothing_bytes);
         let mut findings = Vec::new();
         let ratio = ratio_of(c.out, c.inb);
-        let top = top_service(&c.dests);
         if c.out >= self.cfg.min_window_out_bytes && ratio >= self.cfg.min_ratio {
             self.stats.windows_judged += 1;
             findings.push((
@@ -672,22 +739,22 @@ impl Engine {
                 c.start,
                 c.out,
                 c.inb,
-                top.clone(),
-                &c.dests,
+                top_service(&c.dests),
+                c.dests.clone(),
             ));
         }
         // The live process knows best (several of its windows may close in
         // one batch): its alert memory and the day's judged level.
-        let live = self.hosts.get(host).and_then(|h| {
+        let live_proc = self.hosts.get(host).and_then(|h| {
             h.procs
                 .get(&c.pid_index.0)
                 .and_then(|v| v.iter().find(|p| p.meta.start == c.pid_index.1))
-                .map(|p| {
-                    (
-                        p.last_alert,
-                        if p.day == day { p.cum_judged_bucket } else { 0 },
-                    )
-                })
+        });
+        let live = live_proc.map(|p| {
+            (
+                p.last_alert,
+                if p.day == day { p.cum_judged_bucket } else { 0 },
+            )
         });
         let mut last_alert = live.map_or(c.last_alert, |l| l.0);
         let cum_judged_bucket = live.map_or(c.cum_judged_bucket, |l| l.1.max(c.cum_judged_bucket));
@@ -701,40 +768,35 @@ impl Engine {
             && day_ratio >= self.cfg.min_ratio
         {
             new_cum_bucket = day_bucket;
+            // The day's destinations live with the process.
+            let day_dests = live_proc.map(|p| p.day_dests.clone()).unwrap_or_default();
             findings.push((
                 FindingKind::Cumulative,
                 c.day_first,
                 c.day_out,
                 c.day_in,
-                top_service(&c.day_dests),
-                &c.day_dests,
+                top_service(&day_dests),
+                day_dests,
             ));
         }
         if !findings.is_empty() {
-            let own: Vec<AppDayStats> = self
-                .hosts
-                .get(host)
-                .map(|h| {
-                    h.app_days
-                        .range((app.clone(), i64::MIN)..=(app.clone(), i64::MAX))
-                        .map(|((a, d), s)| s.contribution(a, *d))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let own_history: Vec<(i64, Option<u8>, u64)> = self
-                .hosts
-                .get(host)
-                .map(|h| {
-                    h.app_days
-                        .range((app.clone(), i64::MIN)..(app.clone(), day))
-                        .map(|((_, d), s)| (*d, s.max_volume, s.out_total))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let host_has_history = self
-                .hosts
-                .get(host)
-                .is_some_and(|h| h.app_days.keys().any(|(_, d)| *d < day));
+            let oldest = day - i64::from(self.cfg.horizon_days) + 1;
+            let (own, own_history, host_has_history) = match self.hosts.get(host) {
+                Some(h) => {
+                    let mut own = Vec::new();
+                    let mut history = Vec::new();
+                    for d in oldest..=day {
+                        if let Some(s) = h.app_days.get(&(app.clone(), d)) {
+                            own.push(s.contribution(&app, d));
+                            if d < day {
+                                history.push((d, s.max_volume, s.out_total));
+                            }
+                        }
+                    }
+                    (own, history, h.first_day < day)
+                }
+                None => (Vec::new(), Vec::new(), false),
+            };
             let view = self.peer_view(&app, day, &own);
             for (kind, start, out, inb, service, dests) in findings {
                 let approved = self.policy.is_approved(&app, &service);
@@ -916,6 +978,9 @@ impl Engine {
     }
 }
 
+/// How often (event time) a host's finished and idle processes are swept out.
+const SWEEP_US: i64 = 300 * 1_000_000;
+
 /// A window counts towards persistence from this many bytes out.
 pub const UPLOAD_WINDOW_BYTES: u64 = 64 << 10;
 
@@ -935,7 +1000,6 @@ fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
         day_out: p.day_out,
         day_in: p.day_in,
         day_first: p.day_first,
-        day_dests: p.day_dests.clone(),
         cum_judged_bucket: p.cum_judged_bucket,
         day_upload_windows: p.day_upload_windows,
         last_alert: p.last_alert,
