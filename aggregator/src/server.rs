@@ -91,7 +91,9 @@ pub async fn start_aggregator(cfg: AggregatorConfig) -> anyhow::Result<RunningAg
     let configured = cfg.peer_map();
     let source = cfg.source_ip;
     let node = Node::start(opts, disk, move |h| {
-        Box::new(GrpcTransport::new(rt, h, tls_for_transport, configured).with_source(source))
+        std::sync::Arc::new(
+            GrpcTransport::new(rt, h, tls_for_transport, configured).with_source(source),
+        )
     })
     .context("starting the Raft node")?;
     let handle = node.handle.clone();

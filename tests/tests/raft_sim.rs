@@ -9,7 +9,9 @@
 //! One seed: `OUTFLOW_SIM_SEED=42 cargo test -p outflow-tests --test raft_sim -- one_seed --nocapture`.
 
 use outflow_aggregator::raft::eraftpb::{Message, MessageType};
-use outflow_aggregator::raft::{AppliedKind, Bootstrap, MemDisk, Replica, ReplicaConfig};
+use outflow_aggregator::raft::{
+    AppliedKind, Bootstrap, MemDisk, PersistJob, Replica, ReplicaConfig,
+};
 use outflow_aggregator::state::{AlertRecord, Command, FleetState, StateConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -30,6 +32,8 @@ struct Node {
     pending: BTreeMap<Vec<u8>, String>,
     boot: u64,
     last_checked_applied: u64,
+    /// Log writes not yet durable (lost on a crash), in order.
+    jobs: std::collections::VecDeque<PersistJob>,
 }
 
 struct Sim {
@@ -99,6 +103,7 @@ impl Sim {
                 pending: BTreeMap::new(),
                 boot: 0,
                 last_checked_applied: 0,
+                jobs: Default::default(),
             });
             sim.start(id);
         }
@@ -138,6 +143,7 @@ impl Sim {
         let node = &mut self.nodes[(id - 1) as usize];
         node.replica = None;
         node.pending.clear();
+        node.jobs.clear(); // never reached the disk
         self.trace.push(format!("{} crash {id}", self.now));
     }
 
@@ -160,7 +166,9 @@ impl Sim {
         let Some(r) = self.nodes[idx].replica.as_mut() else {
             return;
         };
-        let res = r.on_ready(&mut |m| out_msgs.extend(m));
+        let mut jobs = Vec::new();
+        let res = r.on_ready(&mut |m| out_msgs.extend(m), &mut jobs);
+        self.nodes[idx].jobs.extend(jobs);
         let out = match res {
             Ok(o) => o,
             Err(e) => self.fail(format!("node {id} on_ready failed: {e}")),
@@ -187,6 +195,33 @@ impl Sim {
             }
         }
         self.check_node(id);
+    }
+
+    /// Make the oldest `n` pending log writes of a node durable, send what
+    /// waited for them, and tell the replica.
+    fn persist(&mut self, id: u64, n: usize) {
+        let idx = (id - 1) as usize;
+        for _ in 0..n {
+            let Some(job) = self.nodes[idx].jobs.pop_front() else {
+                break;
+            };
+            let Some(r) = self.nodes[idx].replica.as_mut() else {
+                return;
+            };
+            let mut out_msgs = Vec::new();
+            let log = r.log().clone();
+            let number = match job.run(&log, &mut |m| out_msgs.extend(m)) {
+                Ok(n) => n,
+                Err(e) => self.fail(format!("node {id} log write failed: {e}")),
+            };
+            if let Some(r) = self.nodes[idx].replica.as_mut() {
+                r.on_persisted(number);
+            }
+            for m in out_msgs {
+                self.send(m);
+            }
+        }
+        self.ready(id);
     }
 
     fn check_node(&mut self, id: u64) {
@@ -356,6 +391,13 @@ impl Sim {
             let id = live[self.rng.gen_range(0..live.len())];
             self.propose(id);
         }
+        // Disks are slow and uneven: some writes become durable each step.
+        for id in self.live() {
+            if self.rng.gen_bool(0.6) {
+                let n = self.rng.gen_range(1..4);
+                self.persist(id, n);
+            }
+        }
         // Every live node ticks with probability 1/2 per step: clocks drift.
         for id in self.live() {
             if self.rng.gen_bool(0.5) {
@@ -410,8 +452,15 @@ impl Sim {
     fn step_quiet(&mut self) {
         self.now += 1;
         for id in self.live() {
-            if let Some(r) = self.nodes[(id - 1) as usize].replica.as_mut() {
-                r.tick();
+            self.persist(id, usize::MAX);
+        }
+        // Clocks still drift (raft-rs's own timeout randomness is off for
+        // determinism): lock-step ticks would split every vote forever.
+        for id in self.live() {
+            if self.rng.gen_bool(0.7) {
+                if let Some(r) = self.nodes[(id - 1) as usize].replica.as_mut() {
+                    r.tick();
+                }
             }
             self.ready(id);
         }

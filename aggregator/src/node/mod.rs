@@ -6,8 +6,8 @@ pub mod transport;
 
 use crate::raft::eraftpb::{ConfChangeType, ConfChangeV2, Message};
 use crate::raft::{
-    single_change, AppliedKind, Bootstrap, ConfChangeContext, Disk, Replica, ReplicaConfig,
-    ReplicaCounters, ReplicaError, ReplicaStatus,
+    single_change, AppliedKind, Bootstrap, ConfChangeContext, Disk, PersistJob, RaftLog, Replica,
+    ReplicaConfig, ReplicaCounters, ReplicaError, ReplicaStatus,
 };
 use crate::state::{Command, FleetState, Outcome};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -17,8 +17,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
-/// Where the replica's outgoing messages go.
-pub trait Transport: Send + 'static {
+/// Where the replica's outgoing messages go (from the Raft thread and the
+/// log writer thread).
+pub trait Transport: Send + Sync + 'static {
     fn send(&self, msgs: Vec<Message>);
 }
 
@@ -45,6 +46,13 @@ pub enum Input {
         ok: bool,
     },
     Unreachable(u64),
+    /// The log writer made ready `number` durable with `syncs` fsyncs.
+    Persisted {
+        number: u64,
+        syncs: u64,
+    },
+    /// The log writer failed: the node must stop.
+    WriterFailed(String),
     Shutdown,
 }
 
@@ -244,7 +252,7 @@ impl Node {
     pub fn start<D: Disk>(
         opts: NodeOptions,
         disk: D,
-        make_transport: impl FnOnce(&NodeHandle) -> Box<dyn Transport>,
+        make_transport: impl FnOnce(&NodeHandle) -> Arc<dyn Transport>,
     ) -> Result<Node, ReplicaError> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let state = Arc::new(RwLock::new(FleetState::default()));
@@ -264,9 +272,25 @@ impl Node {
             proposal_timeout: opts.proposal_timeout,
         };
         let transport = make_transport(&handle);
+        let (wtx, wrx) = crossbeam_channel::unbounded();
+        let writer = {
+            let (log, transport, input) =
+                (replica.log().clone(), transport.clone(), handle.tx.clone());
+            std::thread::Builder::new()
+                .name(format!("raft-log-{}", opts.replica.id))
+                .spawn(move || log_writer(log, wrx, transport, input))
+                .map_err(|e| {
+                    ReplicaError::Disk(crate::raft::DiskError::Inconsistent(format!(
+                        "cannot start the log writer thread: {e}"
+                    )))
+                })?
+        };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", opts.replica.id))
-            .spawn(move || RaftLoop::new(opts, replica, rx, transport, status_tx).run())
+            .spawn(move || {
+                RaftLoop::new(opts, replica, rx, transport, status_tx, wtx).run();
+                let _ = writer.join();
+            })
             .map_err(|e| {
                 ReplicaError::Disk(crate::raft::DiskError::Inconsistent(format!(
                     "cannot start the raft thread: {e}"
@@ -300,8 +324,10 @@ struct RaftLoop<D: Disk> {
     opts: NodeOptions,
     replica: Replica<D>,
     rx: Receiver<Input>,
-    transport: Box<dyn Transport>,
+    transport: Arc<dyn Transport>,
     status_tx: watch::Sender<NodeStatus>,
+    writer: Sender<Vec<PersistJob>>,
+    disk_syncs: u64,
     boot: u64,
     next_req: u64,
     pending: BTreeMap<Vec<u8>, (Reply, Instant)>,
@@ -311,6 +337,7 @@ struct RaftLoop<D: Disk> {
     /// Removed from the group: no more ticks or messages (a removed leader
     /// would otherwise keep leading a group it is not part of).
     removed: bool,
+    fatal: Option<String>,
 }
 
 /// Inputs handled per loop turn at most: one turn = one fsync.
@@ -321,8 +348,9 @@ impl<D: Disk> RaftLoop<D> {
         opts: NodeOptions,
         replica: Replica<D>,
         rx: Receiver<Input>,
-        transport: Box<dyn Transport>,
+        transport: Arc<dyn Transport>,
         status_tx: watch::Sender<NodeStatus>,
+        writer: Sender<Vec<PersistJob>>,
     ) -> Self {
         Self {
             opts,
@@ -330,6 +358,8 @@ impl<D: Disk> RaftLoop<D> {
             rx,
             transport,
             status_tx,
+            writer,
+            disk_syncs: 0,
             boot: rand::random(),
             next_req: 0,
             pending: BTreeMap::new(),
@@ -337,6 +367,7 @@ impl<D: Disk> RaftLoop<D> {
             waiting_reads: Vec::new(),
             last_collector_check: Instant::now(),
             removed: false,
+            fatal: None,
         }
     }
 
@@ -389,7 +420,8 @@ impl<D: Disk> RaftLoop<D> {
                 self.status_tx.send_replace(st);
                 break;
             }
-            let st = NodeStatus::from(self.replica.status(), self.replica.counters());
+            let mut st = NodeStatus::from(self.replica.status(), self.replica.counters());
+            st.disk_writes = self.disk_syncs;
             self.status_tx.send_if_modified(|old| {
                 if *old != st {
                     *old = st;
@@ -462,13 +494,29 @@ impl<D: Disk> RaftLoop<D> {
             Input::TransferLeader { to } => self.replica.transfer_leader(to),
             Input::SnapshotReport { to, ok } => self.replica.report_snapshot(to, ok),
             Input::Unreachable(id) => self.replica.report_unreachable(id),
+            Input::Persisted { number, syncs } => {
+                self.disk_syncs += syncs;
+                self.replica.on_persisted(number);
+            }
+            Input::WriterFailed(e) => self.fatal = Some(e),
             Input::Shutdown => {}
         }
     }
 
     fn ready(&mut self) -> Result<(), ReplicaError> {
+        if let Some(e) = self.fatal.take() {
+            return Err(ReplicaError::Disk(crate::raft::DiskError::Inconsistent(e)));
+        }
         let transport = &self.transport;
-        let out = self.replica.on_ready(&mut |msgs| transport.send(msgs))?;
+        let mut jobs = Vec::new();
+        let out = self
+            .replica
+            .on_ready(&mut |msgs| transport.send(msgs), &mut jobs)?;
+        if !jobs.is_empty() && self.writer.send(jobs).is_err() {
+            return Err(ReplicaError::Disk(crate::raft::DiskError::Inconsistent(
+                "the log writer stopped".into(),
+            )));
+        }
         let was_member = !self.removed;
         for a in out.applied {
             if let AppliedKind::ConfChange(Ok(_)) = &a.kind {
@@ -569,6 +617,48 @@ impl<D: Disk> RaftLoop<D> {
                     let _ = self.replica.propose(Vec::new(), data);
                 }
             }
+        }
+    }
+}
+
+/// The log writer: runs persist jobs in order, many per fsync (group commit
+/// across readies), then sends the messages that waited for them and tells
+/// the Raft thread what is durable.
+fn log_writer<D: Disk>(
+    log: RaftLog<D>,
+    rx: Receiver<Vec<PersistJob>>,
+    transport: Arc<dyn Transport>,
+    input: Sender<Input>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = first;
+        while let Ok(more) = rx.try_recv() {
+            jobs.extend(more);
+        }
+        let mut number = 0;
+        let mut messages = Vec::new();
+        let mut result = Ok(());
+        for j in jobs {
+            if let Err(e) = log.persist(&j.ops, false) {
+                result = Err(e);
+                break;
+            }
+            number = number.max(j.number);
+            messages.extend(j.messages);
+        }
+        if result.is_ok() {
+            result = log.sync();
+        }
+        if let Err(e) = result {
+            tracing::error!(error = %e, "raft log write failed");
+            let _ = input.send(Input::WriterFailed(e.to_string()));
+            return;
+        }
+        if !messages.is_empty() {
+            transport.send(messages);
+        }
+        if input.send(Input::Persisted { number, syncs: 1 }).is_err() {
+            return;
         }
     }
 }

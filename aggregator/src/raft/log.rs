@@ -133,6 +133,8 @@ pub trait Disk: Send + Sync + 'static {
     fn load(&self) -> Result<Persisted, DiskError>;
     /// Apply `ops` atomically; with `sync`, durably before returning.
     fn write(&mut self, ops: &[LogOp], sync: bool) -> Result<(), DiskError>;
+    /// Make every earlier write durable.
+    fn sync(&mut self) -> Result<(), DiskError>;
 }
 
 /// A disk in memory, shared by clones: the cluster simulation keeps one
@@ -158,6 +160,10 @@ impl Disk for MemDisk {
         for op in ops {
             p.apply(op)?;
         }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), DiskError> {
         Ok(())
     }
 }
@@ -329,26 +335,32 @@ impl Disk for SledDisk {
         self.last = last;
         Ok(())
     }
+
+    fn sync(&mut self) -> Result<(), DiskError> {
+        self.tree.flush()?;
+        Ok(())
+    }
 }
 
-/// raft-rs `Storage` over the cached log; clones share one log.
+/// raft-rs `Storage` over the cached log; clones share one log. Writes are
+/// staged into the cache first (raft-rs reads entries back from storage as
+/// soon as a ready is advanced) and reach the disk later, in the same order,
+/// from the log writer; the cache and the disk have separate locks so a slow
+/// fsync never blocks raft-rs's reads.
 pub struct RaftLog<D: Disk> {
-    inner: Arc<RwLock<LogInner<D>>>,
+    cache: Arc<RwLock<Persisted>>,
+    disk: Arc<Mutex<D>>,
     wanted: Arc<SnapshotWanted>,
 }
 
 impl<D: Disk> Clone for RaftLog<D> {
     fn clone(&self) -> Self {
         Self {
-            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+            disk: self.disk.clone(),
             wanted: self.wanted.clone(),
         }
     }
-}
-
-struct LogInner<D> {
-    cache: Persisted,
-    disk: D,
 }
 
 /// Set when raft-rs asked for a snapshot the log does not have (none yet, or
@@ -368,22 +380,45 @@ impl<D: Disk> RaftLog<D> {
     pub fn open(disk: D) -> Result<Self, DiskError> {
         let cache = disk.load()?;
         Ok(Self {
-            inner: Arc::new(RwLock::new(LogInner { cache, disk })),
+            cache: Arc::new(RwLock::new(cache)),
+            disk: Arc::new(Mutex::new(disk)),
             wanted: Arc::default(),
         })
     }
 
-    /// Persist `ops` (to disk first, then the cache).
+    /// Stage `ops` into the cache (what raft-rs reads); `persist` them later.
+    pub fn stage(&self, ops: &[LogOp]) -> Result<(), DiskError> {
+        let mut g = self.cache.write().map_err(|_| poisoned())?;
+        for op in ops {
+            g.apply(op)?;
+        }
+        Ok(())
+    }
+
+    /// Write staged `ops` to the disk (in staging order).
+    pub fn persist(&self, ops: &[LogOp], sync: bool) -> Result<(), DiskError> {
+        if ops.is_empty() && !sync {
+            return Ok(());
+        }
+        let mut d = self.disk.lock().map_err(|_| poisoned())?;
+        if ops.is_empty() {
+            return d.sync();
+        }
+        d.write(ops, sync)
+    }
+
+    /// Stage and persist at once.
     pub fn write(&self, ops: &[LogOp], sync: bool) -> Result<(), DiskError> {
         if ops.is_empty() {
             return Ok(());
         }
-        let mut g = self.inner.write().map_err(|_| poisoned())?;
-        g.disk.write(ops, sync)?;
-        for op in ops {
-            g.cache.apply(op)?;
-        }
-        Ok(())
+        self.persist(ops, sync)?;
+        self.stage(ops)
+    }
+
+    /// Make every earlier write durable (one fsync for a group of writes).
+    pub fn sync(&self) -> Result<(), DiskError> {
+        self.persist(&[], true)
     }
 
     /// Whether raft-rs asked for a snapshot this log could not give.
@@ -391,19 +426,19 @@ impl<D: Disk> RaftLog<D> {
         &self.wanted
     }
 
-    /// A copy of what is persisted (small fields only are cheap).
+    /// Read the cached log.
     pub fn with<R>(&self, f: impl FnOnce(&Persisted) -> R) -> R {
-        match self.inner.read() {
-            Ok(g) => f(&g.cache),
-            Err(p) => f(&p.into_inner().cache),
+        match self.cache.read() {
+            Ok(g) => f(&g),
+            Err(p) => f(&p.into_inner()),
         }
     }
 
     /// Run `f` on the disk (metrics).
     pub fn with_disk<R>(&self, f: impl FnOnce(&D) -> R) -> R {
-        match self.inner.read() {
-            Ok(g) => f(&g.disk),
-            Err(p) => f(&p.into_inner().disk),
+        match self.disk.lock() {
+            Ok(g) => f(&g),
+            Err(p) => f(&p.into_inner()),
         }
     }
 }

@@ -7,8 +7,8 @@ pub mod replica;
 
 pub use log::{Disk, DiskError, LogOp, MemDisk, Persisted, RaftLog, SledDisk};
 pub use replica::{
-    single_change, Applied, AppliedKind, Bootstrap, ConfChangeContext, ReadyOutcome, Replica,
-    ReplicaConfig, ReplicaCounters, ReplicaError, ReplicaStatus,
+    single_change, Applied, AppliedKind, Bootstrap, ConfChangeContext, PersistJob, ReadyOutcome,
+    Replica, ReplicaConfig, ReplicaCounters, ReplicaError, ReplicaStatus,
 };
 
 /// raft-rs's protobuf types, for drivers and tests.

@@ -151,6 +151,40 @@ pub struct Replica<D: Disk> {
     cfg: ReplicaConfig,
     last_snapshot: u64,
     counters: ReplicaCounters,
+    /// Highest index applied to the state machine (entries or snapshot).
+    applied_to: u64,
+    /// The configuration as of `applied_to` (for snapshots).
+    conf_state: ConfState,
+    /// Log writes made while applying (membership, snapshots), queued
+    /// behind the ready's writes.
+    deferred: Vec<LogOp>,
+}
+
+/// Log writes of one ready (or of applying), and the messages that may only
+/// leave once they are durable. Run in the order produced.
+#[derive(Debug)]
+pub struct PersistJob {
+    /// The ready's number for `on_persisted` (0: none).
+    pub number: u64,
+    pub ops: Vec<LogOp>,
+    pub sync: bool,
+    pub messages: Vec<Message>,
+}
+
+impl PersistJob {
+    /// Write, then send what depended on it; returns the number to pass to
+    /// [`Replica::on_persisted`].
+    pub fn run<D: Disk>(
+        self,
+        log: &RaftLog<D>,
+        send: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<u64, DiskError> {
+        log.persist(&self.ops, self.sync)?;
+        if !self.messages.is_empty() {
+            send(self.messages);
+        }
+        Ok(self.number)
+    }
 }
 
 fn write_state(state: &Arc<RwLock<FleetState>>) -> std::sync::RwLockWriteGuard<'_, FleetState> {
@@ -221,6 +255,7 @@ impl<D: Disk> Replica<D> {
         }
         rc.validate()?;
         let raw = RawNode::new(&rc, log.clone(), &raft_logger(cfg.id))?;
+        let conf_state = log.with(|p| p.conf_state.clone());
         Ok(Self {
             raw,
             log,
@@ -228,6 +263,9 @@ impl<D: Disk> Replica<D> {
             cfg,
             last_snapshot: snap_index,
             counters: Default::default(),
+            applied_to: snap_index,
+            conf_state,
+            deferred: Vec::new(),
         })
     }
 
@@ -351,62 +389,99 @@ impl<D: Disk> Replica<D> {
         }
     }
 
-    /// Handle everything raft-rs has ready. `send` gets the outgoing messages,
-    /// each batch only once what it depends on is persisted.
+    /// Handle everything raft-rs has ready, persisting asynchronously:
+    /// messages that need nothing persisted go to `send` now; the log writes
+    /// and the messages that depend on them are appended to `jobs`, which
+    /// the driver must run in order ([`PersistJob::run`]) and acknowledge
+    /// with [`Replica::on_persisted`]. Meanwhile this replica keeps stepping,
+    /// proposing and applying: the leader does not wait for its own fsync
+    /// (raft-rs "async ready").
     pub fn on_ready(
         &mut self,
         send: &mut dyn FnMut(Vec<Message>),
+        jobs: &mut Vec<PersistJob>,
     ) -> Result<ReadyOutcome, ReplicaError> {
         let mut out = ReadyOutcome::default();
-        if !self.raw.has_ready() {
-            return Ok(out);
+        if self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            // A leader may send before persisting (raft thesis 10.2.1).
+            if !rd.messages().is_empty() {
+                send(rd.take_messages());
+            }
+            let mut ops = Vec::new();
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                let index = snap.get_metadata().index;
+                write_state(&self.state).restore(&snap.data)?;
+                self.conf_state = snap.get_metadata().get_conf_state().clone();
+                self.applied_to = self.applied_to.max(index);
+                self.last_snapshot = index;
+                self.counters.snapshots_installed += 1;
+                out.snapshot_installed = Some(index);
+                ops.push(LogOp::InstallSnapshot(snap));
+            }
+            self.apply_entries(rd.take_committed_entries(), &mut out)?;
+            if !rd.entries().is_empty() {
+                ops.push(LogOp::Append(rd.take_entries()));
+            }
+            if let Some(hs) = rd.hs() {
+                ops.push(LogOp::HardState(hs.clone()));
+            }
+            out.read_states = rd.take_read_states();
+            let messages = rd.take_persisted_messages();
+            let number = rd.number();
+            // raft-rs reads these entries back from storage once advanced.
+            self.log.stage(&ops)?;
+            self.raw.advance_append_async(rd);
+            jobs.push(PersistJob {
+                number,
+                ops,
+                sync: true,
+                messages,
+            });
         }
-        let mut rd = self.raw.ready();
-        // A leader may send before persisting (raft thesis 10.2.1).
-        if !rd.messages().is_empty() {
-            send(rd.take_messages());
-        }
-        if !rd.snapshot().is_empty() {
-            let snap = rd.snapshot().clone();
-            let index = snap.get_metadata().index;
-            self.log
-                .write(&[LogOp::InstallSnapshot(snap.clone())], true)?;
-            write_state(&self.state).restore(&snap.data)?;
-            self.last_snapshot = index;
-            self.counters.snapshots_installed += 1;
-            self.counters.disk_writes += 1;
-            out.snapshot_installed = Some(index);
-        }
-        self.apply_entries(rd.take_committed_entries(), &mut out)?;
-        let mut ops = Vec::new();
-        if !rd.entries().is_empty() {
-            ops.push(LogOp::Append(rd.take_entries()));
-        }
-        if let Some(hs) = rd.hs() {
-            ops.push(LogOp::HardState(hs.clone()));
-        }
-        if !ops.is_empty() {
-            self.log.write(&ops, true)?;
-            self.counters.disk_writes += 1;
-        }
-        if !rd.persisted_messages().is_empty() {
-            send(rd.take_persisted_messages());
-        }
-        out.read_states = rd.take_read_states();
-        let mut light = self.raw.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            let mut hs = self.log.with(|p| p.hard_state.clone());
-            hs.commit = commit;
-            // Not synced: a lower commit after a crash is re-learnt from the
-            // leader, and nothing was acknowledged on its strength alone.
-            self.log.write(&[LogOp::HardState(hs)], false)?;
-        }
-        if !light.messages().is_empty() {
-            send(light.take_messages());
-        }
-        self.apply_entries(light.take_committed_entries(), &mut out)?;
-        self.raw.advance_apply();
         self.maybe_snapshot(&mut out)?;
+        if !self.deferred.is_empty() {
+            let ops = std::mem::take(&mut self.deferred);
+            jobs.push(PersistJob {
+                number: 0,
+                ops,
+                sync: true,
+                messages: Vec::new(),
+            });
+        }
+        self.advance_apply();
+        Ok(out)
+    }
+
+    /// A persist job has run: raft-rs may count those entries as persisted.
+    pub fn on_persisted(&mut self, number: u64) {
+        if number > 0 {
+            self.raw.on_persist_ready(number);
+        }
+        self.advance_apply();
+    }
+
+    fn advance_apply(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let to = self.applied_to.min(log.committed).min(log.persisted);
+        if to > log.applied {
+            self.raw.advance_apply_to(to);
+        }
+    }
+
+    /// `on_ready` with every persist job run at once (tests, tools).
+    pub fn on_ready_sync(
+        &mut self,
+        send: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<ReadyOutcome, ReplicaError> {
+        let mut jobs = Vec::new();
+        let out = self.on_ready(send, &mut jobs)?;
+        for j in jobs {
+            let n = j.run(&self.log, send)?;
+            self.counters.disk_writes += 1;
+            self.on_persisted(n);
+        }
         Ok(out)
     }
 
@@ -420,6 +495,7 @@ impl<D: Disk> Replica<D> {
         }
         for e in entries {
             self.counters.entries_applied += 1;
+            self.applied_to = self.applied_to.max(e.index);
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     let mut st = write_state(&self.state);
@@ -443,7 +519,10 @@ impl<D: Disk> Replica<D> {
                         None => Err("undecodable membership change".to_string()),
                     };
                     if let (Ok(cs), Some(cc)) = (&result, &cc) {
-                        self.log.write(&[LogOp::ConfState(cs.clone())], true)?;
+                        self.conf_state = cs.clone();
+                        let op = LogOp::ConfState(cs.clone());
+                        self.log.stage(std::slice::from_ref(&op))?;
+                        self.deferred.push(op);
                         let mut st = write_state(&self.state);
                         for ch in cc.get_changes() {
                             match ch.get_change_type() {
@@ -470,13 +549,14 @@ impl<D: Disk> Replica<D> {
     }
 
     fn maybe_snapshot(&mut self, out: &mut ReadyOutcome) -> Result<(), ReplicaError> {
-        let applied = self.raw.raft.raft_log.applied;
+        let applied = self.applied_to;
         let wanted = self.log.snapshot_wanted().take() && applied > self.last_snapshot;
         if !wanted && applied < self.last_snapshot + self.cfg.snapshot_interval.max(1) {
             return Ok(());
         }
-        let term = self.log.with(|p| p.term(applied));
-        let Some(term) = term else { return Ok(()) };
+        let Ok(term) = self.raw.raft.raft_log.term(applied) else {
+            return Ok(());
+        };
         let data = self
             .state
             .read()
@@ -488,12 +568,11 @@ impl<D: Disk> Replica<D> {
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;
-        meta.set_conf_state(self.log.with(|p| p.conf_state.clone()));
+        meta.set_conf_state(self.conf_state.clone());
         let compact_to = (applied + 1).saturating_sub(self.cfg.compact_lag).max(1);
-        self.log.write(
-            &[LogOp::SaveSnapshot(snap), LogOp::Compact(compact_to)],
-            true,
-        )?;
+        let ops = [LogOp::SaveSnapshot(snap), LogOp::Compact(compact_to)];
+        self.log.stage(&ops)?;
+        self.deferred.extend(ops);
         self.last_snapshot = applied;
         self.counters.snapshots_taken += 1;
         out.snapshot_taken = Some(applied);
