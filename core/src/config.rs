@@ -67,7 +67,7 @@ impl Default for EngineConfig {
             upload_bytes: 1 << 20,
             min_peers: 10,
             learning_secs: 86_400,
-            alert_score: 5.0,
+            alert_score: 4.5,
             medium_score: 6.5,
             high_score: 8.5,
             critical_score: 11.0,

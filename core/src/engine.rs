@@ -700,7 +700,9 @@ impl Engine {
                 for instances in h.procs.values_mut() {
                     instances.retain(|p| {
                         !p.windows.is_empty()
-                            || !(p.ended || p.last_activity.saturating_add_us(idle_us) < watermark)
+                            || !((p.ended
+                                && p.last_activity.saturating_add_us(ENDED_GRACE_US) < watermark)
+                                || p.last_activity.saturating_add_us(idle_us) < watermark)
                     });
                 }
                 h.procs.retain(|_, v| !v.is_empty());
@@ -977,6 +979,10 @@ impl Engine {
         }
     }
 }
+
+/// A finished process is remembered this long after its last activity, so
+/// final counters that arrive after its exit are still its own.
+const ENDED_GRACE_US: i64 = 600 * 1_000_000;
 
 /// How often (event time) a host's finished and idle processes are swept out.
 const SWEEP_US: i64 = 300 * 1_000_000;

@@ -59,6 +59,16 @@ fn surprise(k: u64, n: u64) -> f64 {
     -(((k + 1) as f64) / ((n + 2) as f64)).log10()
 }
 
+/// Peer support: behaviour seen on many other host-days is common however
+/// big the fleet is ("count peers"), so a factor shrinks as the number of peer
+/// host-days that did the same grows: 1 with none, ½ with
+/// `COMMON_PEER_DAYS`.
+fn support(k: u64) -> f64 {
+    1.0 / (1.0 + k as f64 / COMMON_PEER_DAYS)
+}
+
+const COMMON_PEER_DAYS: f64 = 10.0;
+
 fn percentile(k: u64, n: u64) -> f64 {
     if n == 0 {
         0.0
@@ -100,7 +110,7 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
         FindingKind::Cumulative => (&v.daily_out_hist, "day"),
     };
     let (k, n) = PeerView::tail(hist, vb);
-    let c = surprise(k, n).min(4.0) * weight;
+    let c = surprise(k, n).min(4.0) * support(k) * weight;
     push(
         "volume",
         i.out as f64,
@@ -120,7 +130,7 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
     if i.kind == FindingKind::Cumulative {
         let pb = persistence_bucket(i.upload_windows);
         let (k, n) = PeerView::tail(&v.upload_windows_hist, pb);
-        let c = surprise(k, n).min(3.0) * weight;
+        let c = surprise(k, n).min(3.0) * support(k) * weight;
         push(
             "persistence",
             i.upload_windows as f64,
@@ -139,7 +149,7 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
     // Direction: the outbound:inbound ratio.
     let rb = ratio_bucket(i.out, i.inb, i.cfg.ratio_smoothing_bytes);
     let (k, n) = PeerView::tail(&v.ratio_hist, rb);
-    let c = surprise(k, n).min(3.0) * 0.8 * weight;
+    let c = surprise(k, n).min(3.0) * 0.5 * support(k) * weight;
     let ratio = i.out as f64 / i.inb.max(1) as f64;
     push(
         "ratio",
@@ -176,7 +186,7 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
         let distinct = v.services.values().filter(|s| s.upload_hosts > 0).count() as u64;
         let uploads: u64 = v.services.values().map(|s| s.upload_hosts).sum();
         let base = surprise(k, n).min(surprise(distinct, uploads));
-        let mut c = base.min(3.0) * weight;
+        let mut c = base.min(3.0) * 1.25 * support(k) * weight;
         // File storage and sharing is what the analytic is about: uploading
         // there is worse than elsewhere, unless peers of the app already do.
         let storage = STORAGE_SERVICES.contains(&i.service);
@@ -204,11 +214,13 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
     }
 
     if i.unnamed_destination {
+        // TLS clients send the server name; an upload to a bare address with
+        // no DNS answer on the host either is deliberate or is rare tooling.
         push(
             "unnamed_destination",
             1.0,
             0.0,
-            1.0,
+            1.5,
             "the destination has no TLS server name and no DNS answer on the host: it hides its name".to_string(),
         );
     }

@@ -92,9 +92,17 @@ fn replay_is_deterministic() {
 #[test]
 #[ignore]
 fn sweep() {
-    for seed in 1..=12 {
+    let hosts: usize = std::env::var("HOSTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let seeds: u64 = std::env::var("SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    for seed in 1..=seeds {
         let opts = SimOptions {
-            hosts: 300,
+            hosts,
             days: 3,
             seed,
             incidents: 10,
