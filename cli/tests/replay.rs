@@ -1,0 +1,256 @@
+//! `outflow replay`, `sim` and `eval` as a user runs them.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn outflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_outflow"))
+}
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+const GOOD: &str = r#"{"type":"process_start","ts":"2026-01-05T10:00:00Z","host":"ws-1","pid":7,"name":"curl"}
+{"type":"net","ts":"2026-01-05T10:00:30Z","host":"ws-1","pid":7,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":100,"bytes_in":10}
+"#;
+
+#[test]
+fn bad_lines_are_reported_with_line_numbers_and_the_rest_is_kept() {
+    let d = dir();
+    let input = d.path().join("in.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    f.write_all(GOOD.as_bytes()).unwrap();
+    f.write_all(b"not json at all\n").unwrap();
+    f.write_all(b"{\"type\":\"net\",\"ts\":\"2026-01-05T10:00:31Z\",\"host\":\"ws-1\",\"pid\":7,\"dst_ip\":\"1.2.3.4\",\"dst_port\":443,\"bytes_out\":-5,\"bytes_in\":0}\n").unwrap();
+    f.write_all(b"{\"type\":\"telepathy\",\"ts\":\"2026-01-05T10:00:31Z\",\"host\":\"ws-1\"}\n")
+        .unwrap();
+    f.write_all(b"\xff\xfe\x00garbage\x01\n").unwrap();
+    f.write_all(b"{\"type\":\"net\",\"ts\":\"2026-01-05T10:00:32Z\",\"host\":\"ws-1\",\"pid\":7,\"dst_ip\":\"1.2.3.4\",\"dst_port\":443,\"bytes_out\":99999999999999999999999,\"bytes_in\":0}\n").unwrap();
+    f.write_all(GOOD.as_bytes()).unwrap();
+    drop(f);
+    let out = outflow()
+        .args(["replay", "--input"])
+        .arg(&input)
+        .args(["--json-summary"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: serde_json::Value =
+        serde_json::from_str(stderr.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["events"], 4);
+    assert_eq!(summary["rejected"], 5);
+    assert_eq!(summary["rejected_by_reason"]["not_json"], 2);
+    assert_eq!(summary["rejected_by_reason"]["invalid_field"], 2);
+    assert_eq!(summary["rejected_by_reason"]["unknown_type"], 1);
+    let examples: Vec<String> = summary["rejected_examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        examples[0].starts_with("line 3: not valid JSON"),
+        "{examples:?}"
+    );
+    assert!(
+        examples[1].starts_with("line 4: field `bytes_out` must not be negative"),
+        "{examples:?}"
+    );
+    assert!(
+        examples[2].starts_with("line 5: unknown event type"),
+        "{examples:?}"
+    );
+    assert!(examples[3].starts_with("line 6:"), "{examples:?}");
+    assert!(
+        examples[4].starts_with("line 7: field `bytes_out` is out of range"),
+        "{examples:?}"
+    );
+    assert_eq!(summary["engine"]["net_records"], 2);
+}
+
+#[test]
+fn strict_stops_at_the_first_bad_line() {
+    let d = dir();
+    let input = d.path().join("in.jsonl");
+    std::fs::write(&input, format!("{GOOD}{{\"type\":\"net\"}}\n{GOOD}")).unwrap();
+    let out = outflow()
+        .args(["replay", "--strict", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stopped at line 3"), "{stderr}");
+    assert!(stderr.contains("missing required field `ts`"), "{stderr}");
+}
+
+#[test]
+fn empty_input_and_stdin_work_and_missing_files_are_named() {
+    let d = dir();
+    let empty = d.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let out = outflow()
+        .args(["replay", "--input"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 events, 0 rejected, 0 alerts"));
+
+    let mut child = outflow()
+        .args(["replay", "--input", "-", "--json-summary"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(GOOD.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("\"events\":2"), "{stderr}");
+
+    let out = outflow()
+        .args(["replay", "--input", "/nonexistent/x.jsonl"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open input /nonexistent/x.jsonl"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one-line reason: {stderr}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_refused_with_every_problem() {
+    let d = dir();
+    let cfg = d.path().join("outflow.toml");
+    std::fs::write(&cfg, "[engine]\nwindow_secs = 7\nhorizon_days = 0\n").unwrap();
+    let input = d.path().join("in.jsonl");
+    std::fs::write(&input, GOOD).unwrap();
+    let out = outflow()
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("window_secs") && stderr.contains("horizon_days"),
+        "{stderr}"
+    );
+
+    std::fs::write(&cfg, "[engine]\nwindow_sec = 60\n").unwrap();
+    let out = outflow()
+        .args(["replay", "--input"])
+        .arg(&input)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("window_sec"));
+
+    // A flag wins over the file.
+    std::fs::write(&cfg, "[engine]\nwindow_secs = 7\n").unwrap();
+    let out = outflow()
+        .args(["replay", "--window-secs", "60", "--input"])
+        .arg(&input)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sim_replay_eval_round_trip_is_deterministic() {
+    let d = dir();
+    let fleet = d.path().join("fleet.jsonl");
+    let truth = d.path().join("truth.jsonl");
+    let run_sim = || {
+        let out = outflow()
+            .args([
+                "sim",
+                "--hosts",
+                "120",
+                "--days",
+                "3",
+                "--seed",
+                "4",
+                "--incidents",
+                "6",
+                "--out",
+            ])
+            .arg(&fleet)
+            .arg("--truth")
+            .arg(&truth)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(&fleet).unwrap()
+    };
+    let first = run_sim();
+    assert_eq!(first, run_sim(), "same seed, same bytes");
+    let alerts_a = d.path().join("a.jsonl");
+    let alerts_b = d.path().join("b.jsonl");
+    for a in [&alerts_a, &alerts_b] {
+        let out = outflow()
+            .args(["replay", "--input"])
+            .arg(&fleet)
+            .arg("--alerts-out")
+            .arg(a)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let a = std::fs::read_to_string(&alerts_a).unwrap();
+    assert_eq!(
+        a,
+        std::fs::read_to_string(&alerts_b).unwrap(),
+        "replays give the same alerts, ids included"
+    );
+    assert!(!a.is_empty());
+    let out = outflow()
+        .args(["eval", "--json", "--truth"])
+        .arg(&truth)
+        .arg("--alerts")
+        .arg(&alerts_a)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["incidents"], 6);
+    assert!(report["detected"].as_u64().unwrap() >= 5, "{report}");
+}
