@@ -56,6 +56,9 @@ enum Cmd {
         otlp: Option<String>,
         #[arg(long, default_value_t = 30)]
         lateness: u64,
+        /// Batches per stream in flight (the collector's `stream_queue`).
+        #[arg(long, default_value_t = 256)]
+        window: usize,
     },
     Throughput {
         #[arg(long)]
@@ -70,6 +73,9 @@ enum Cmd {
         seconds: u64,
         #[arg(long)]
         server_pid: u32,
+        /// Batches per stream in flight.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
     },
     Fleet {
         #[arg(long)]
@@ -129,7 +135,7 @@ impl pb::ingest_server::Ingest for Noop {
     ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
         let _peer = outflow_pki::peer_identity(&request)?;
         let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move {
             while let Ok(Some(b)) = inbound.message().await {
                 let ack = pb::IngestReply {
@@ -307,6 +313,7 @@ fn main() -> anyhow::Result<()> {
                 api,
                 otlp,
                 lateness,
+                window,
             } => {
                 if mode == "noop" {
                     let tls = CertDir::new(&certs).server_tls()?;
@@ -325,12 +332,15 @@ fn main() -> anyhow::Result<()> {
                         certs,
                         otlp_endpoint: otlp,
                         max_streams: 20_000,
-                        stream_queue: 256,
+                        stream_queue: window,
                         ..CollectorConfig::default()
                     };
                     cfg.engine.allowed_lateness_secs = lateness;
                     cfg.engine.learning_secs = 0;
                     cfg.engine.min_peers = 5;
+                    // Latency is about the pipeline, not detection: every
+                    // judged window (only the bursts reach 1 MiB) alerts.
+                    cfg.engine.alert_score = 0.0;
                     let c = outflow_collector::start(cfg, None).await?;
                     println!("ready collector {}", c.ingest_addr);
                     std::future::pending::<()>().await;
@@ -343,6 +353,7 @@ fn main() -> anyhow::Result<()> {
                 batch,
                 seconds,
                 server_pid,
+                window,
             } => {
                 let acked = Arc::new(AtomicU64::new(0));
                 let samples = Arc::new(AtomicU64::new(0));
@@ -364,7 +375,7 @@ fn main() -> anyhow::Result<()> {
                                 ts: base,
                             })
                             .collect();
-                        let (tx, rx) = tokio::sync::mpsc::channel(256);
+                        let (tx, rx) = tokio::sync::mpsc::channel(window);
                         let sizes: Arc<Mutex<HashMap<(String, u64), usize>>> = Default::default();
                         let sz = sizes.clone();
                         tokio::spawn(async move {

@@ -74,9 +74,12 @@ pub struct CollectorArgs {
     /// Most batches per group commit.
     #[arg(long)]
     pub group_commit_max: Option<usize>,
-    /// Durable batches queued for the engine.
+    /// Durable batches queued for the engines.
     #[arg(long)]
     pub engine_queue: Option<usize>,
+    /// Engine shards (0 = one per core, at most 8).
+    #[arg(long)]
+    pub engine_shards: Option<usize>,
     /// Days of batches (evidence) and alerts kept.
     #[arg(long)]
     pub retention_days: Option<u32>,
@@ -159,6 +162,7 @@ impl CollectorArgs {
             group_commit_ms,
             group_commit_max,
             engine_queue,
+            engine_shards,
             retention_days,
             compact_every_secs,
             partials_every_secs,

@@ -60,8 +60,11 @@ pub struct CollectorConfig {
     pub group_commit_ms: u64,
     /// Batches written in one group commit at most.
     pub group_commit_max: usize,
-    /// Durable batches queued for the engine (backpressure on ingest).
+    /// Durable batches queued for the engines (backpressure on ingest).
     pub engine_queue: usize,
+    /// Engine tasks hosts are split over (each uses up to one core);
+    /// 0 = one per available core, at most 8.
+    pub engine_shards: usize,
     /// Days batches (evidence) and alerts are kept before compaction.
     pub retention_days: u32,
     /// Seconds between compactions of expired data.
@@ -104,6 +107,7 @@ impl Default for CollectorConfig {
             group_commit_ms: 5,
             group_commit_max: 4096,
             engine_queue: 1024,
+            engine_shards: 0,
             retention_days: 14,
             compact_every_secs: 600,
             partials_every_secs: 10,
@@ -122,6 +126,18 @@ impl CollectorConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+
+    /// The number of engine shards to run.
+    pub fn engine_shard_count(&self) -> usize {
+        if self.engine_shards > 0 {
+            self.engine_shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8)
+        }
     }
 
     /// The endpoint agents use to reach this collector.

@@ -316,7 +316,7 @@ fn check_batch(
 pub async fn run_committer(
     store: Store,
     mut rx: mpsc::Receiver<CommitRequest>,
-    engine_tx: mpsc::Sender<DurableBatch>,
+    engines: crate::pipeline::EngineShards,
     metrics: Arc<Metrics>,
     mut high_water: HashMap<String, u64>,
     gather: Duration,
@@ -326,7 +326,7 @@ pub async fn run_committer(
     let flusher = tokio::spawn(run_flusher(
         store.clone(),
         flush_rx,
-        engine_tx,
+        engines,
         metrics.clone(),
     ));
     while let Some(first) = rx.recv().await {
@@ -421,7 +421,7 @@ struct FlushJob {
 async fn run_flusher(
     store: Store,
     mut rx: mpsc::Receiver<FlushJob>,
-    engine_tx: mpsc::Sender<DurableBatch>,
+    engines: crate::pipeline::EngineShards,
     metrics: Arc<Metrics>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -454,7 +454,7 @@ async fn run_flusher(
                         }
                         let _ = r.reply.send(Ok(is_dup));
                         if !is_dup {
-                            to_engine.push(r.events);
+                            to_engine.push((r.host, r.events));
                         }
                     }
                     Err(e) => {
@@ -463,9 +463,9 @@ async fn run_flusher(
                 }
             }
         }
-        for events in to_engine {
+        for (host, events) in to_engine {
             metrics.engine_queue.fetch_add(1, Ordering::Relaxed);
-            if engine_tx.send(DurableBatch { events }).await.is_err() {
+            if engines.send(&host, DurableBatch { events }).await.is_err() {
                 return;
             }
         }

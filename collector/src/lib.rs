@@ -37,7 +37,7 @@ use futures::StreamExt;
 use outflow_core::engine::Engine;
 use outflow_core::policy::Policy;
 use outflow_core::shard::{Member, ShardMap};
-use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 pub use cli::{run, CollectorArgs};
@@ -47,7 +47,7 @@ pub use metrics::Metrics;
 
 use crate::delivery::{Sink, SINK_FILE, SINK_FLEET, SINK_OTLP};
 use crate::ingest::{IngestLimits, IngestService};
-use crate::pipeline::{AlertRaiser, Control};
+use crate::pipeline::AlertRaiser;
 use crate::store::Store;
 
 /// A collector running in this process.
@@ -62,7 +62,7 @@ pub struct RunningCollector {
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    engine: JoinHandle<()>,
+    engines: Vec<JoinHandle<()>>,
     committer: JoinHandle<()>,
 }
 
@@ -87,12 +87,14 @@ impl RunningCollector {
         {
             abort.abort();
         }
-        let abort = self.engine.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(3), self.engine)
-            .await
-            .is_err()
-        {
-            abort.abort();
+        for e in self.engines {
+            let abort = e.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), e)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
         for t in self.tasks {
             t.abort();
@@ -179,18 +181,23 @@ pub async fn start(
         notify: notify.clone(),
     };
 
-    // Rebuild the engine from the durable log.
+    // Rebuild the engines from the durable log.
     let started = std::time::Instant::now();
-    let mut engine = Engine::new(cfg.engine.clone(), Policy::default());
+    let shards = cfg.engine_shard_count();
+    let mut engines: Vec<Engine> = (0..shards)
+        .map(|_| Engine::new(cfg.engine.clone(), Policy::default()))
+        .collect();
+    let raiser = Arc::new(raiser);
     let in_log = {
         let store = store.clone();
         let metrics = metrics.clone();
+        let raiser = raiser.clone();
         tokio::task::spawn_blocking(move || {
-            let seen = pipeline::replay(&mut engine, &store, &raiser, &metrics);
-            (engine, raiser, seen)
+            let seen = pipeline::replay(&mut engines, &store, &raiser, &metrics);
+            (engines, seen)
         })
     };
-    let (engine, raiser, seen) = in_log.await.context("replay task")?;
+    let (engines, seen) = in_log.await.context("replay task")?;
     let seen = seen.context("replaying the batch log")?;
     let mut high_water = store.load_high_water()?;
     for (h, s) in seen {
@@ -201,31 +208,45 @@ pub async fn start(
         batches = metrics.replayed_batches.load(Ordering::Relaxed),
         events = metrics.engine_events.load(Ordering::Relaxed),
         hosts = high_water.len(),
+        shards,
         ms = started.elapsed().as_millis() as u64,
-        "engine rebuilt from the batch log"
+        "engines rebuilt from the batch log"
     );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    // Engine task.
-    let (engine_tx, engine_rx) = mpsc::channel(cfg.engine_queue);
-    let (control_tx, control_rx) = mpsc::channel(64);
-    let engine_task = tokio::spawn(pipeline::run_engine(
-        engine,
-        engine_rx,
-        control_rx,
-        raiser,
-        metrics.clone(),
-        Duration::from_millis(cfg.tick_ms),
-    ));
+    // Engine tasks, one per shard.
+    let mut shard_handles = pipeline::EngineShards {
+        batches: Vec::new(),
+        control: Vec::new(),
+    };
+    let mut engine_tasks = Vec::new();
+    for engine in engines {
+        let (engine_tx, engine_rx) = mpsc::channel(cfg.engine_queue.div_ceil(shards).max(1));
+        let (control_tx, control_rx) = mpsc::channel(64);
+        shard_handles.batches.push(engine_tx);
+        shard_handles.control.push(control_tx);
+        engine_tasks.push(tokio::spawn(pipeline::run_engine(
+            engine,
+            engine_rx,
+            control_rx,
+            raiser.clone(),
+            metrics.clone(),
+            Duration::from_millis(cfg.tick_ms),
+        )));
+    }
+    let control = pipeline::EngineShards {
+        batches: Vec::new(),
+        control: shard_handles.control.clone(),
+    };
 
     // Group committer.
     let (commit_tx, commit_rx) = mpsc::channel(cfg.group_commit_max.max(cfg.stream_queue));
     let committer = tokio::spawn(ingest::run_committer(
         store.clone(),
         commit_rx,
-        engine_tx,
+        shard_handles,
         metrics.clone(),
         high_water,
         Duration::from_millis(cfg.group_commit_ms),
@@ -252,7 +273,7 @@ pub async fn start(
         let fleet = fleet.clone();
         let id = cfg.id.clone();
         let map = shard_map.clone();
-        let control = control_tx.clone();
+        let control = control.clone();
         tasks.push(tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
@@ -269,7 +290,7 @@ pub async fn start(
                                             *cur = m;
                                         }
                                     }
-                                    if control.send(Control::Feed(view)).await.is_err() {
+                                    if control.feed(view).await.is_err() {
                                         return;
                                     }
                                 }
@@ -292,7 +313,7 @@ pub async fn start(
     {
         let fleet = fleet.clone();
         let id = cfg.id.clone();
-        let control = control_tx.clone();
+        let control = control.clone();
         let store = store.clone();
         let metrics = metrics.clone();
         let every = Duration::from_secs(cfg.partials_every_secs);
@@ -301,11 +322,9 @@ pub async fn start(
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 t.tick().await;
-                let (tx, rx) = oneshot::channel();
-                if control.send(Control::Partials(tx)).await.is_err() {
+                let Ok(partials) = control.partials().await else {
                     return;
-                }
-                let Ok(partials) = rx.await else { return };
+                };
                 if partials.is_empty() {
                     continue;
                 }
@@ -331,17 +350,15 @@ pub async fn start(
         let fleet = fleet.clone();
         let id = cfg.id.clone();
         let endpoint = cfg.advertised_endpoint();
-        let control = control_tx.clone();
+        let control = control.clone();
         let every = Duration::from_secs(cfg.heartbeat_every_secs);
         tasks.push(tokio::spawn(async move {
             let mut t = tokio::time::interval(every);
             loop {
                 t.tick().await;
-                let (tx, rx) = oneshot::channel();
-                if control.send(Control::Hosts(tx)).await.is_err() {
+                let Ok(hosts) = control.hosts().await else {
                     return;
-                }
-                let hosts = rx.await.unwrap_or(0);
+                };
                 let hb = fleet::Heartbeat {
                     collector_id: id.clone(),
                     endpoint: endpoint.clone(),
@@ -453,7 +470,7 @@ pub async fn start(
         shutdown_tx,
         tasks,
         server,
-        engine: engine_task,
+        engines: engine_tasks,
         committer,
     })
 }

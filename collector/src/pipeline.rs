@@ -17,11 +17,77 @@ use crate::ingest::DurableBatch;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-/// Messages to the engine task besides batches.
+/// Messages to an engine task besides batches.
 pub enum Control {
     Feed(FeedView),
     Partials(oneshot::Sender<Vec<AppDayStats>>),
     Hosts(oneshot::Sender<u64>),
+}
+
+/// Which engine shard a host belongs to (FNV-1a: stable across restarts).
+pub fn shard_of(host: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+/// The engine shards of a collector: hosts are split over several engine
+/// tasks (each a single-threaded [`Engine`]) so scoring uses several cores.
+/// Hosts never move between shards, so per-host windows stay whole; the
+/// shards' partials are merged per (app, day) before they are shipped, and
+/// every shard scores against the same fleet baseline.
+#[derive(Clone)]
+pub struct EngineShards {
+    pub batches: Vec<mpsc::Sender<DurableBatch>>,
+    pub control: Vec<mpsc::Sender<Control>>,
+}
+
+impl EngineShards {
+    /// Hands a durable batch of `host` to its shard (waits when it is full:
+    /// backpressure). Err when the engine has stopped.
+    pub async fn send(&self, host: &str, batch: DurableBatch) -> Result<(), ()> {
+        let i = shard_of(host, self.batches.len());
+        self.batches[i].send(batch).await.map_err(|_| ())
+    }
+
+    pub async fn feed(&self, view: FeedView) -> Result<(), ()> {
+        for c in &self.control {
+            c.send(Control::Feed(view.clone())).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+
+    /// Every shard's contributions, merged per (app, day).
+    pub async fn partials(&self) -> Result<Vec<AppDayStats>, ()> {
+        let mut merged: std::collections::BTreeMap<(String, i64), AppDayStats> =
+            std::collections::BTreeMap::new();
+        for c in &self.control {
+            let (tx, rx) = oneshot::channel();
+            c.send(Control::Partials(tx)).await.map_err(|_| ())?;
+            for p in rx.await.map_err(|_| ())? {
+                match merged.get_mut(&(p.app.clone(), p.day)) {
+                    Some(m) => m.merge(&p),
+                    None => {
+                        merged.insert((p.app.clone(), p.day), p);
+                    }
+                }
+            }
+        }
+        Ok(merged.into_values().collect())
+    }
+
+    pub async fn hosts(&self) -> Result<u64, ()> {
+        let mut n = 0;
+        for c in &self.control {
+            let (tx, rx) = oneshot::channel();
+            c.send(Control::Hosts(tx)).await.map_err(|_| ())?;
+            n += rx.await.map_err(|_| ())?;
+        }
+        Ok(n)
+    }
 }
 
 /// Turns engine alerts into durable outbox entries (once per alert id).
@@ -58,7 +124,7 @@ impl AlertRaiser {
 /// Rebuilds the engine from the batch log; returns the highest sequence per
 /// host found in the log (to repair high-water marks).
 pub fn replay(
-    engine: &mut Engine,
+    engines: &mut [Engine],
     store: &Store,
     raiser: &AlertRaiser,
     metrics: &Metrics,
@@ -71,6 +137,8 @@ pub fn replay(
         let seq = sb.batch.sequence;
         let e = seen.entry(host.clone()).or_insert(0u64);
         *e = (*e).max(seq);
+        let shard = shard_of(&host, engines.len());
+        let engine = &mut engines[shard];
         match outflow_proto::batch_events(sb.batch) {
             Ok(events) => {
                 for ev in &events {
@@ -89,7 +157,9 @@ pub fn replay(
             raiser.raise(engine.drain_alerts())?;
         }
     }
-    raiser.raise(engine.drain_alerts())?;
+    for engine in engines.iter_mut() {
+        raiser.raise(engine.drain_alerts())?;
+    }
     metrics.replayed_batches.fetch_add(n, Ordering::Relaxed);
     Ok(seen)
 }
@@ -122,7 +192,7 @@ pub async fn run_engine(
     mut engine: Engine,
     mut batches: mpsc::Receiver<DurableBatch>,
     mut control: mpsc::Receiver<Control>,
-    raiser: AlertRaiser,
+    raiser: Arc<AlertRaiser>,
     metrics: Arc<Metrics>,
     tick: std::time::Duration,
 ) {
