@@ -615,6 +615,28 @@ def check_misc(docs: list[dict], notes: str, values: dict, where: str) -> None:
             check(not re.search(r"\d\.\d+e[+-]\d", text), f"{where}: {cm['metadata']['name']}/{key} writes a number in e-notation")
 
 
+def check_values_documented() -> None:
+    """Every key of values.yaml has a comment line right above it, except the
+    contents of `resources` maps and of list items (documented as a whole)."""
+    stack: list[tuple[int, str]] = []
+    for no, line in enumerate((CHART / "values.yaml").read_text().splitlines(), 1):
+        m = re.match(r"^(\s*)(- )?([A-Za-z_][\w.-]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        in_free = any(k in ("resources",) or k.startswith("- ") for _, k in stack) or m.group(2)
+        stack.append((indent, (m.group(2) or "") + m.group(3)))
+        if in_free:
+            continue
+        prev = no - 2
+        lines = (CHART / "values.yaml").read_text().splitlines()
+        while prev >= 0 and not lines[prev].strip():
+            prev -= 1
+        check(prev >= 0 and lines[prev].strip().startswith("#"), f"values.yaml:{no}: `{m.group(3)}` is not documented")
+
+
 # --------------------------------------------------------------------------
 # Negative checks: the tools and the schema do catch mistakes.
 
@@ -756,6 +778,7 @@ def main() -> int:
     docs, _ = render(chart, grow)
     check_servers(docs, deep_merge(defaults, grow), "grow-3-to-5")
     check_config_keys(defaults, all_seen)
+    check_values_documented()
     check_rejections(chart)
     check_dockerfiles()
     dt = time.monotonic() - t0
