@@ -552,6 +552,41 @@ def run_aggregator_shell(script: str, pod: str) -> list[str]:
     return out.stdout.split()
 
 
+def name_matches(pattern: str, host: str) -> bool:
+    """RFC 6125 matching as rustls/webpki does it: a wildcard only as the
+    whole left-most label, matching exactly one label."""
+    p, h = pattern.lower().split("."), host.lower().split(".")
+    if len(p) != len(h):
+        return False
+    if p[0] == "*":
+        return h[0] != "" and p[1:] == h[1:]
+    return p == h
+
+
+def tls_names_used(docs: list[dict], values: dict) -> dict[str, list[str]]:
+    """The server names each component's certificate is checked against by
+    the binaries: peers' hosts, the collectors' --aggregator-server-name,
+    the agents' collector endpoint and every collector's advertised host."""
+    names: dict[str, list[str]] = {"aggregator": [], "collector": []}
+    agg = one(docs, "StatefulSet", "-aggregator")
+    if agg is not None:
+        c = containers(agg)[0]
+        peers = next(a for a in args_of(c) if re.fullmatch(r"\d+=.*", a))
+        names["aggregator"] += [p.split("=", 1)[1].rsplit(":", 1)[0] for p in peers.split(",")]
+    col = one(docs, "StatefulSet", "-collector")
+    if col is not None:
+        args = containers(col)[0]["args"]
+        names["aggregator"].append(next(a for a in args if a.startswith("--aggregator-server-name=")).split("=", 1)[1])
+        adv = next(a for a in args if a.startswith("--advertise=")).split("=", 1)[1]
+        for i in range(col["spec"]["replicas"]):
+            host = adv.replace("$(POD_NAME)", f"{col['metadata']['name']}-{i}").split("//", 1)[1].rsplit(":", 1)[0]
+            names["collector"].append(host)
+        for ds in by_kind(docs, "DaemonSet"):
+            ep = next(a for a in containers(ds)[0]["args"] if a.startswith("--collector=")).split("=", 1)[1]
+            names["collector"].append(ep.split("//", 1)[1].rsplit(":", 1)[0])
+    return names
+
+
 def check_tls(docs: list[dict], values: dict, where: str) -> None:
     certs = {d["spec"]["secretName"]: d for d in by_kind(docs, "Certificate")}
     cm = values["tls"]["certManager"]["enabled"]
@@ -572,6 +607,11 @@ def check_tls(docs: list[dict], values: dict, where: str) -> None:
         check(spec["privateKey"]["encoding"] == "PKCS8", f"{where}: {comp} key encoding")
         headless = f"*.{RELEASE}-{comp}-headless.{NAMESPACE}.svc.cluster.local"
         check(headless in spec["dnsNames"], f"{where}: {comp} certificate lacks {headless}")
+        for host in tls_names_used(docs, values)[comp]:
+            check(
+                any(name_matches(p, host) for p in spec["dnsNames"]),
+                f"{where}: {comp} certificate does not cover the name {host} the binaries check",
+            )
         if comp == "aggregator":
             args = containers(one(docs, "StatefulSet", "-collector"))[0]["args"] if values["collector"]["enabled"] else []
             name = f"--aggregator-server-name={RELEASE}-aggregator"
