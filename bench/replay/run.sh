@@ -10,8 +10,10 @@ days=${2:-3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install -q duckdb
-cargo build --release -q -p outflow
-bin=target/release/outflow
+if [ -z "${OUTFLOW_BIN:-}" ]; then
+  cargo build --release -q -p outflow
+fi
+bin=${OUTFLOW_BIN:-target/release/outflow}
 $bin sim --hosts "$hosts" --days "$days" --seed 1 --out "$work/fleet.jsonl" --truth "$work/truth.jsonl"
 size=$(stat -c %s "$work/fleet.jsonl")
 echo "input: $(wc -l < "$work/fleet.jsonl") lines, $((size / 1048576)) MiB"
