@@ -1,6 +1,9 @@
-//! `outflow demo`: a simulated fleet scored live by the engine, alerts
-//! printed as they fire, then the result judged against the simulator's
-//! truth.
+//! `outflow demo`: a simulated fleet scored live, alerts printed as they
+//! fire, then the result judged against the simulator's truth.
+//!
+//! By default the whole distributed system runs on loopback (see
+//! [`crate::demo_cluster`]); `--embedded` scores the fleet with one
+//! in-process engine and no network.
 
 use std::io::{self, BufReader, IsTerminal, Write};
 use std::process::ExitCode;
@@ -16,9 +19,13 @@ use crate::replay::{render_summary, run_stream, EngineFlags};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Simulated hosts.
-    #[arg(long, default_value_t = 300)]
-    pub hosts: usize,
+    /// One in-process engine, no network: the fleet's telemetry is scored
+    /// directly (no certificates, aggregators, collectors or agents).
+    #[arg(long)]
+    pub embedded: bool,
+    /// Simulated hosts (default: 150 on the cluster, 300 embedded).
+    #[arg(long)]
+    pub hosts: Option<usize>,
     /// Simulated days (the first is the learning period).
     #[arg(long, default_value_t = 3)]
     pub days: u32,
@@ -31,12 +38,42 @@ pub struct DemoArgs {
     pub json: bool,
     #[command(flatten)]
     pub engine: EngineFlags,
+    #[command(flatten)]
+    pub cluster: crate::demo_cluster::ClusterFlags,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.embedded {
+        run_embedded(args)
+    } else {
+        let (cfg, policy) = args.engine.resolve()?;
+        if policy != outflow_core::Policy::default() {
+            eprintln!(
+                "note: on the cluster, policy is replicated by the aggregators \
+                 (`outflow ctl policy …`); the policy given here is not applied"
+            );
+        }
+        let days = args.days.max(2);
+        let opts = SimOptions {
+            hosts: args.hosts.unwrap_or(150).max(1),
+            days,
+            seed: args.seed,
+            incidents: args.incidents,
+            start: crate::demo_cluster::recent_start(days),
+            ..SimOptions::default()
+        };
+        let fleet = crate::demo_cluster::Fleet {
+            opts,
+            json: args.json,
+        };
+        crate::demo_cluster::run(fleet, cfg, args.cluster)
+    }
+}
+
+fn run_embedded(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (cfg, policy) = args.engine.resolve()?;
     let opts = SimOptions {
-        hosts: args.hosts.max(1),
+        hosts: args.hosts.unwrap_or(300).max(1),
         days: args.days.max(2),
         seed: args.seed,
         incidents: args.incidents,

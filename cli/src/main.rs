@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod demo_cluster;
 mod eval;
 mod replay;
 mod sim;
@@ -25,7 +26,9 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Everything embedded, no set-up: a simulated fleet scored live.
+    /// Everything on loopback, no set-up: dev certificates, 3 aggregators, 2 collectors,
+    /// a simulated fleet of mTLS agents, alerts live, admin API on 127.0.0.1:7070
+    /// (`--embedded`: one in-process engine).
     Demo(demo::DemoArgs),
     /// Stream telemetry JSONL through the engine in event time.
     Replay(replay::ReplayArgs),
