@@ -42,6 +42,8 @@ CHART = ROOT / "helm" / "outflow"
 VALUES_DIR = ROOT / "helm" / "tests" / "values"
 K8S_VERSION = "1.33.0"  # pinned: the chart needs >= 1.30 (appArmorProfile)
 RELEASE = "outflow"
+# Where to write each container's config and argv (tests/tests/helm_chart.rs).
+DUMP = Path(os.environ["OUTFLOW_HELM_DUMP"]) if os.environ.get("OUTFLOW_HELM_DUMP") else None
 NAMESPACE = "outflow"
 
 try:
@@ -678,6 +680,46 @@ def check_values_documented() -> None:
 
 
 # --------------------------------------------------------------------------
+# For tests/tests/helm_chart.rs: each container's configuration file and
+# command line as the pod would run them, parsed there by the binaries' own
+# config code (deny_unknown_fields, types, validate()).
+
+
+def dump_invocations(docs: list[dict], variant: str, out_dir: Path, founding: int) -> int:
+    written = 0
+    tomls = {}
+    for cm in by_kind(docs, "ConfigMap"):
+        for key, text in cm["data"].items():
+            tomls[key] = text
+    for d in docs:
+        if d["kind"] not in ("StatefulSet", "DaemonSet"):
+            continue
+        comp = d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        c = containers(d)[0]
+        runs = []
+        if comp == "aggregator":
+            for i in range(d["spec"]["replicas"]):
+                argv = run_aggregator_shell(c["args"][0], f"{d['metadata']['name']}-{i}")
+                expect = {"pod": f"{d['metadata']['name']}-{i}", "raft_id": i + 1, "replicas": d["spec"]["replicas"]}
+                runs.append((expect | {"join": i >= founding}, argv[1:]))
+        elif comp == "collector":
+            pod = f"{d['metadata']['name']}-0"
+            argv = [a.replace("$(POD_NAME)", pod) for a in c["args"]]
+            aggs = one(docs, "StatefulSet", "-aggregator")["spec"]["replicas"]
+            runs.append(({"pod": pod, "aggregators": aggs}, argv))
+        else:
+            node = d["metadata"].get("annotations", {}).get("outflow.dev/node", "node-x")
+            argv = [a.replace("$(NODE_NAME)", node) for a in c["args"]]
+            runs.append(({"node": node}, argv))
+        for expect, argv in runs:
+            written += 1
+            (out_dir / f"{variant}-{written:03}.json").write_text(
+                json.dumps({"variant": variant, "component": comp, "toml": tomls[f"{comp}.toml"], "argv": argv, "expect": expect})
+            )
+    return written
+
+
+# --------------------------------------------------------------------------
 # Negative checks: the tools and the schema do catch mistakes.
 
 
@@ -812,11 +854,16 @@ def main() -> int:
         check_misc(docs, notes, values, name)
         for k, v in evidence(docs).items():
             all_seen[k] |= v
+        if DUMP:
+            dumped = dump_invocations(docs, Path(name).stem, DUMP, values["aggregator"].get("foundingMembers") or values["aggregator"]["replicas"])
+            check(dumped > 0 or not docs, f"{name}: nothing to dump")
         print(f"  {name}: {len(docs)} manifests ({', '.join(kinds)})")
     # Growing a 3-member group to 5: the two new pods must join, not found.
     grow = {"aggregator": {"replicas": 5, "foundingMembers": 3}}
     docs, _ = render(chart, grow)
     check_servers(docs, deep_merge(defaults, grow), "grow-3-to-5")
+    if DUMP:
+        dump_invocations(docs, "grow-3-to-5", DUMP, 3)
     check_config_keys(defaults, all_seen)
     check_values_documented()
     check_rejections(chart)
