@@ -10,7 +10,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p outflow-agent --bin outflow-agent \
- && install -D -m 0755 target/release/outflow-agent /out/outflow-agent
+ && install -D -s -m 0755 target/release/outflow-agent /out/outflow-agent
 
 # glibc + libgcc and nothing else: no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12
