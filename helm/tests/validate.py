@@ -472,7 +472,8 @@ def check_agent(docs: list[dict], values: dict, where: str, caps_doc: set[str]) 
             if values["tls"]["certManager"]["enabled"]:
                 check(
                     len(cert) == 1
-                    and cert[0]["spec"]["commonName"] == node
+                    and cert[0]["spec"].get("commonName", node) == node
+                    and ("commonName" in cert[0]["spec"]) == (len(node) <= 64)
                     and cert[0]["spec"]["uris"] == [f"urn:outflow:agent:{node}"]
                     and "server auth" not in cert[0]["spec"]["usages"],
                     f"{where}: no agent certificate bound to node {node}",
