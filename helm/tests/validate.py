@@ -653,6 +653,16 @@ def check_misc(docs: list[dict], notes: str, values: dict, where: str) -> None:
         check("outflow ctl --api" in notes and " cluster" in notes, f"{where}: NOTES.txt does not say how to check the cluster")
     check(bool(by_kind(docs, "ServiceMonitor")) == (values["serviceMonitor"]["enabled"] and values["aggregator"]["enabled"]), f"{where}: ServiceMonitor")
     check(bool(by_kind(docs, "Ingress")) == (values["adminApi"]["ingress"]["enabled"] and values["aggregator"]["enabled"]), f"{where}: Ingress")
+    for w in docs:
+        if w["kind"] not in ("StatefulSet", "DaemonSet"):
+            continue
+        for c in containers(w):
+            env = {e["name"] for e in c.get("env", [])}
+            for arg in c.get("command", []) + c.get("args", []):
+                # Kubernetes expands $(VAR) only for variables of the container
+                # ($$ escapes); anything else would reach the binary verbatim.
+                for var in re.findall(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", arg):
+                    check(var in env, f"{where}: {w['metadata']['name']} uses $({var}), which is not in its env")
     for cm in by_kind(docs, "ConfigMap"):
         for key, text in cm["data"].items():
             check(not re.search(r"\d\.\d+e[+-]\d", text), f"{where}: {cm['metadata']['name']}/{key} writes a number in e-notation")
@@ -689,6 +699,16 @@ def check_values_documented() -> None:
 def dump_invocations(docs: list[dict], variant: str, out_dir: Path, founding: int) -> int:
     written = 0
     tomls = {}
+    for w in docs:
+        if w["kind"] not in ("StatefulSet", "DaemonSet"):
+            continue
+        for c in containers(w):
+            env = {e["name"] for e in c.get("env", [])}
+            for arg in c.get("command", []) + c.get("args", []):
+                # Kubernetes expands $(VAR) only for variables of the container
+                # ($$ escapes); anything else would reach the binary verbatim.
+                for var in re.findall(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", arg):
+                    check(var in env, f"{where}: {w['metadata']['name']} uses $({var}), which is not in its env")
     for cm in by_kind(docs, "ConfigMap"):
         for key, text in cm["data"].items():
             tomls[key] = text
