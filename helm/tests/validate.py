@@ -699,16 +699,6 @@ def check_values_documented() -> None:
 def dump_invocations(docs: list[dict], variant: str, out_dir: Path, founding: int) -> int:
     written = 0
     tomls = {}
-    for w in docs:
-        if w["kind"] not in ("StatefulSet", "DaemonSet"):
-            continue
-        for c in containers(w):
-            env = {e["name"] for e in c.get("env", [])}
-            for arg in c.get("command", []) + c.get("args", []):
-                # Kubernetes expands $(VAR) only for variables of the container
-                # ($$ escapes); anything else would reach the binary verbatim.
-                for var in re.findall(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", arg):
-                    check(var in env, f"{where}: {w['metadata']['name']} uses $({var}), which is not in its env")
     for cm in by_kind(docs, "ConfigMap"):
         for key, text in cm["data"].items():
             tomls[key] = text
