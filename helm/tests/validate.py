@@ -533,6 +533,15 @@ def check_servers(docs: list[dict], values: dict, where: str) -> None:
     for s in by_kind(docs, "StatefulSet"):
         pod = s["spec"]["template"]["spec"]
         check(pod["securityContext"].get("runAsNonRoot") is True, f"{where}: {s['metadata']['name']} may run as root")
+        # Pod Security Standard `restricted`: seccomp and volume types.
+        check(
+            pod["securityContext"].get("seccompProfile", {}).get("type") == "RuntimeDefault",
+            f"{where}: {s['metadata']['name']} without RuntimeDefault seccomp",
+        )
+        allowed = {"configMap", "projected", "emptyDir", "secret", "persistentVolumeClaim"}
+        for v in pod["volumes"]:
+            kinds = set(v) - {"name"}
+            check(kinds <= allowed, f"{where}: {s['metadata']['name']} volume {v['name']} {kinds} is not allowed by `restricted`")
         check(pod.get("automountServiceAccountToken") is False, f"{where}: {s['metadata']['name']} mounts a token")
         for ct in pod["containers"]:
             sc = ct["securityContext"]
