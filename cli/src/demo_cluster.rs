@@ -141,6 +141,15 @@ pub fn recent_start(days: u32) -> Timestamp {
 }
 
 pub fn run(fleet: Fleet, engine: EngineConfig, flags: ClusterFlags) -> anyhow::Result<ExitCode> {
+    // The components log through tracing: warnings by default, RUST_LOG to
+    // see more (e.g. RUST_LOG=info).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -167,6 +176,7 @@ impl Cluster {
                     for s in all {
                         s.shutdown().await;
                     }
+                    tracing::info!("agents stopped");
                     break;
                 }
                 Err(still) => {
@@ -178,9 +188,15 @@ impl Cluster {
         for c in self.collectors {
             c.shutdown().await;
         }
+        tracing::info!("collectors stopped");
+        // Together: each node's server waits for its peers' connections,
+        // which close only when those peers stop too.
+        let mut stops = tokio::task::JoinSet::new();
         for a in self.aggregators {
-            a.stop().await;
+            stops.spawn(a.stop());
         }
+        while stops.join_next().await.is_some() {}
+        tracing::info!("aggregators stopped");
     }
 }
 
@@ -272,7 +288,9 @@ async fn run_async(
         .map(|i| root.join(format!("alerts-c{i}.jsonl")))
         .collect();
     eprintln!("stopping agents, collectors and aggregators…");
+    let t = Instant::now();
     cluster.stop().await;
+    eprintln!("stopped in {:.1} s", t.elapsed().as_secs_f64());
     let outcome = result?;
 
     // Whatever the collectors raised, including the last alerts.
@@ -458,14 +476,24 @@ async fn drive(
         })
     };
 
-    let r = ship_fleet(&cluster.shippers, &index, events, &engine, flags, &mut stop).await;
-    let shipped = match r {
-        Ok(Some(n)) => n,
-        Ok(None) => {
+    let mut shipped = 0u64;
+    let r = ship_fleet(
+        &cluster.shippers,
+        &index,
+        events,
+        &engine,
+        flags,
+        &mut stop,
+        &mut shipped,
+    )
+    .await;
+    match r {
+        Ok(true) => {}
+        Ok(false) => {
             printing.abort();
             return Ok(Outcome {
                 printer,
-                shipped: 0,
+                shipped,
                 elapsed: started.elapsed(),
             });
         }
@@ -473,7 +501,7 @@ async fn drive(
             printing.abort();
             return Err(e);
         }
-    };
+    }
     let elapsed = started.elapsed();
 
     // Wait for the engines to score everything and the alerts to settle.
@@ -529,7 +557,9 @@ async fn drive(
     })
 }
 
-/// Ships the fleet step by step. `Ok(None)`: interrupted.
+/// Ships the fleet step by step, counting acknowledged events in `shipped`.
+/// `Ok(false)`: interrupted.
+#[allow(clippy::too_many_arguments)]
 async fn ship_fleet(
     shippers: &Arc<Vec<Shipper>>,
     index: &HashMap<String, usize>,
@@ -537,13 +567,13 @@ async fn ship_fleet(
     engine: &EngineConfig,
     flags: &ClusterFlags,
     stop: &mut watch::Receiver<bool>,
-) -> anyhow::Result<Option<u64>> {
+    shipped: &mut u64,
+) -> anyhow::Result<bool> {
     let Some(first) = events.first().map(Event::ts) else {
         anyhow::bail!("the simulator produced no events");
     };
     let last = events.iter().map(Event::ts).max().unwrap_or(first);
     let step_us = (flags.step_secs.max(1) as i64) * 1_000_000;
-    let mut shipped = 0u64;
     let mut it = events.into_iter().peekable();
     let mut step_end = first.saturating_add_us(step_us);
     let mut next_report = first.saturating_add_us(6 * 3600 * 1_000_000);
@@ -613,26 +643,26 @@ async fn ship_fleet(
                 },
                 _ = stop.changed() => {
                     if *stop.borrow() {
-                        return Ok(None);
+                        return Ok(false);
                     }
                 }
             }
         }
-        shipped += n;
+        *shipped += n;
         if closing {
-            return Ok(Some(shipped));
+            return Ok(true);
         }
         if step_end >= next_report || it.peek().is_none() {
             eprintln!(
                 "  … event time {}: {} events shipped",
                 step_end.to_rfc3339(),
-                shipped
+                *shipped
             );
             next_report = next_report.saturating_add_us(6 * 3600 * 1_000_000);
         }
         let pause = Duration::from_millis(flags.step_ms).saturating_sub(t0.elapsed());
         if stopped(stop, pause).await {
-            return Ok(None);
+            return Ok(false);
         }
         if it.peek().is_none() {
             closing = true;

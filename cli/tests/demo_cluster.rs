@@ -1,0 +1,300 @@
+//! `outflow demo` as a user runs it: the whole distributed system on
+//! loopback (3 Raft aggregators, 2 collectors, one mTLS agent per simulated
+//! host). Checked from outside the process: the admin API names a leader
+//! while the demo runs, alerts print and match the simulator's injected
+//! incidents, Ctrl-C stops everything and removes the demo's files.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outflow");
+
+/// Port offsets the demo uses above `--base-port`.
+const OFFSETS: [u16; 10] = [70, 71, 72, 101, 102, 103, 201, 202, 271, 272];
+
+/// A base port whose ten demo ports are free right now (tests of several
+/// runs and both tests of this file use different ranges).
+fn free_base(salt: u16) -> u16 {
+    let start = (std::process::id() % 100) as u16 * 300 + salt * 150;
+    for i in 0..130u16 {
+        let base = 20_000 + (start + i * 300) % 39_000;
+        if OFFSETS
+            .iter()
+            .all(|o| TcpListener::bind(("127.0.0.1", base + o)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free range of demo ports found");
+}
+
+/// GET on loopback; the JSON body of a 200.
+fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body.trim()).ok()
+}
+
+/// Collects a child's pipe into a shared string as it arrives.
+fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let o = out.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            let mut s = o.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    out
+}
+
+fn demo(base: u16, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .args([
+            "demo",
+            "--hosts",
+            "40",
+            "--days",
+            "2",
+            "--incidents",
+            "3",
+            "--seed",
+            "7",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .args(extra)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("outflow demo starts")
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("outflow demo did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn cluster_demo_elects_a_leader_and_alerts_on_injected_incidents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let truth = tmp.path().join("truth.jsonl");
+    // The same fleet as the demo's (same seed; only the dates differ).
+    let st = Command::new(BIN)
+        .args([
+            "sim",
+            "--hosts",
+            "40",
+            "--days",
+            "2",
+            "--incidents",
+            "3",
+            "--seed",
+            "7",
+            "--out",
+        ])
+        .arg(tmp.path().join("sim.jsonl"))
+        .arg("--truth")
+        .arg(&truth)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let incidents: Vec<serde_json::Value> = std::fs::read_to_string(&truth)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(incidents.len(), 3);
+
+    let base = free_base(0);
+    let mut child = demo(base, &["--exit-when-done", "--settle-secs", "2", "--json"]);
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+
+    // While it runs, the admin API of node 1 names a leader of three nodes.
+    let mut leader = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while leader.is_none() && Instant::now() < deadline {
+        if let Some(v) = get_json(base + 70, "/api/v1/cluster") {
+            if v["leader"].as_u64().unwrap_or(0) != 0 {
+                leader = Some(v);
+                break;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cluster = leader.unwrap_or_else(|| {
+        panic!(
+            "no leader seen on the admin API; stderr:\n{}",
+            stderr.lock().unwrap()
+        )
+    });
+    let nodes = cluster["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{cluster}");
+    assert_eq!(
+        nodes.iter().filter(|n| n["role"] == "leader").count(),
+        1,
+        "{cluster}"
+    );
+
+    let status = wait_exit(&mut child, Duration::from_secs(180));
+    std::thread::sleep(Duration::from_millis(300));
+    let err = stderr.lock().unwrap().clone();
+    let out = stdout.lock().unwrap().clone();
+    assert!(status.success(), "exit {status:?}; stderr:\n{err}");
+
+    // Alerts arrived, as JSON lines, and at least one is an injected incident.
+    let alerts: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!alerts.is_empty(), "no alert printed; stderr:\n{err}");
+    let matching: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| {
+            incidents
+                .iter()
+                .any(|i| i["host"] == a["host"] && i["app"] == a["app"])
+        })
+        .collect();
+    assert!(
+        !matching.is_empty(),
+        "no alert matches an injected incident ({incidents:?}); alerts:\n{out}"
+    );
+    for a in &matching {
+        assert_eq!(a["analytic"], "AN1511");
+        assert!(a["bytes_out"].as_u64().unwrap_or(0) > 0, "{a}");
+    }
+    // Every alert printed once.
+    let mut ids: Vec<&str> = alerts.iter().filter_map(|a| a["id"].as_str()).collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "an alert was printed twice");
+    // The demo's own evaluation agrees, and the whole fleet was shipped.
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("incidents "))
+        .unwrap_or_else(|| panic!("no evaluation in stderr:\n{err}"));
+    let detected: u64 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "detected")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap();
+    assert!(detected >= 1, "{line}");
+    let sim_events = std::fs::read_to_string(tmp.path().join("sim.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    // Shipped: the simulated events plus one closing record per host.
+    let shipped: usize = err
+        .lines()
+        .find(|l| l.contains("events shipped by 40 agents"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no shipping summary in stderr:\n{err}"));
+    assert_eq!(shipped, sim_events + 40, "stderr:\n{err}");
+    eprintln!(
+        "demo: {} alerts, {} matching incidents; {}",
+        alerts.len(),
+        matching.len(),
+        line
+    );
+}
+
+#[test]
+fn ctrl_c_stops_the_cluster_demo_cleanly_and_removes_its_files() {
+    let base = free_base(1);
+    // Slow steps so Ctrl-C lands while the fleet is still shipping.
+    let mut child = demo(base, &["--step-ms", "400"]);
+    let stderr = collect(child.stderr.take().unwrap());
+    let _stdout = collect(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stderr
+        .lock()
+        .unwrap()
+        .contains("agents: 40 simulated hosts")
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited early:\n{}",
+            stderr.lock().unwrap()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "agents never started:\n{}",
+            stderr.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let dir: PathBuf = {
+        let err = stderr.lock().unwrap();
+        let l = err
+            .lines()
+            .find(|l| l.starts_with("dev CA and "))
+            .expect("certificate line");
+        PathBuf::from(l.rsplit(" made in ").next().unwrap())
+    };
+    assert!(dir.exists(), "{}", dir.display());
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let err = stderr.lock().unwrap().clone();
+    assert!(status.success(), "exit {status:?}; stderr:\n{err}");
+    assert!(err.contains("Ctrl-C: stopping"), "{err}");
+    assert!(err.contains("stopped in "), "{err}");
+    assert!(err.contains("Against the simulator's truth"), "{err}");
+    assert!(
+        !err.contains("panicked"),
+        "a task panicked during shutdown:\n{err}"
+    );
+    assert!(
+        !dir.parent().unwrap().exists(),
+        "the demo's temporary directory {} is still there",
+        dir.parent().unwrap().display()
+    );
+    // Nothing listens any more on the demo's ports.
+    for o in OFFSETS {
+        assert!(
+            TcpListener::bind(("127.0.0.1", base + o)).is_ok(),
+            "port {} still in use after the demo exited",
+            base + o
+        );
+    }
+}
