@@ -214,7 +214,10 @@ pub fn run_stream(
                         if strict {
                             s.lines = line_no;
                             // Dropping the receiver stops the parser.
-                            return Ok(Some(StrictStop { line: line_no, error }));
+                            return Ok(Some(StrictStop {
+                                line: line_no,
+                                error,
+                            }));
                         }
                     }
                 }
@@ -243,7 +246,10 @@ pub fn run_stream(
     }
 }
 
-fn parse_batches(input: &mut (dyn BufRead + Send), tx: &std::sync::mpsc::SyncSender<io::Result<ParsedBatch>>) {
+fn parse_batches(
+    input: &mut (dyn BufRead + Send),
+    tx: &std::sync::mpsc::SyncSender<io::Result<ParsedBatch>>,
+) {
     let mut buf = Vec::with_capacity(512);
     let mut line_no = 0u64;
     loop {
