@@ -47,12 +47,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         run_embedded(args)
     } else {
         let (cfg, policy) = args.engine.resolve()?;
-        if policy != outflow_core::Policy::default() {
-            eprintln!(
-                "note: on the cluster, policy is replicated by the aggregators \
-                 (`outflow ctl policy …`); the policy given here is not applied"
-            );
-        }
         let days = args.days.max(2);
         let opts = SimOptions {
             hosts: args.hosts.unwrap_or(150).max(1),
@@ -65,6 +59,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let fleet = crate::demo_cluster::Fleet {
             opts,
             json: args.json,
+            policy,
         };
         crate::demo_cluster::run(fleet, cfg, args.cluster)
     }

@@ -76,6 +76,8 @@ pub struct ClusterFlags {
 pub struct Fleet {
     pub opts: SimOptions,
     pub json: bool,
+    /// Replicated through the aggregators' admin API when not the default.
+    pub policy: outflow_core::Policy,
 }
 
 struct Ports {
@@ -221,6 +223,17 @@ async fn run_async(
         Some(d) => {
             std::fs::create_dir_all(d)
                 .with_context(|| format!("creating the demo directory {}", d.display()))?;
+            let used = std::fs::read_dir(d)
+                .with_context(|| format!("reading the demo directory {}", d.display()))?
+                .next()
+                .is_some();
+            if used {
+                anyhow::bail!(
+                    "--dir {} is not empty: the demo starts from nothing (a new CA, empty \
+                     Raft logs, stores and spools); give a new or empty directory",
+                    d.display()
+                );
+            }
             d.clone()
         }
         None => {
@@ -372,6 +385,14 @@ async fn drive(
         "aggregators: 3 Raft nodes on 127.0.0.1:{}-{}, leader {} (term {})",
         ports.raft[0], ports.raft[2], leader.0, leader.1
     );
+    if fleet.policy != outflow_core::Policy::default() {
+        // Policy is replicated state: set it the way an operator would.
+        let body = serde_json::to_string(&fleet.policy).context("encoding the policy")?;
+        let v = http(api, "PUT", "/api/v1/policy?comment=outflow-demo", &body)
+            .await
+            .context("setting the policy through the admin API")?;
+        eprintln!("policy replicated (Raft index {})", v["index"]);
+    }
 
     // Collectors: windows must stay open for a whole step of event time.
     engine.allowed_lateness_secs = engine
@@ -726,31 +747,46 @@ async fn wait_leader(
 
 /// A minimal HTTP/1.1 GET on loopback, returning the JSON body of a 200.
 async fn get_json(api: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    http(api, "GET", path, "").await
+}
+
+/// One HTTP/1.1 request on loopback (the admin API needs no credentials
+/// there); the JSON body of a 200.
+async fn http(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(api)
             .await
             .with_context(|| format!("connecting to {api}"))?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         let text = String::from_utf8_lossy(&buf);
         let (head, body) = text
             .split_once("\r\n\r\n")
-            .with_context(|| format!("GET {path}: no HTTP header in the answer"))?;
+            .with_context(|| format!("{method} {path}: no HTTP header in the answer"))?;
         if !head.starts_with("HTTP/1.1 200") {
             anyhow::bail!(
-                "GET {path}: {}",
-                head.lines().next().unwrap_or("no status line")
+                "{method} {path}: {} {}",
+                head.lines().next().unwrap_or("no status line"),
+                body.trim()
             );
         }
-        serde_json::from_str(body.trim()).with_context(|| format!("GET {path}: not JSON"))
+        serde_json::from_str(body.trim()).with_context(|| format!("{method} {path}: not JSON"))
     };
-    tokio::time::timeout(Duration::from_secs(3), fut)
+    tokio::time::timeout(Duration::from_secs(5), fut)
         .await
-        .with_context(|| format!("GET http://{api}{path} timed out"))?
+        .with_context(|| format!("{method} http://{api}{path} timed out"))?
 }
 
 /// Tails the collectors' alert files and prints each new alert once.

@@ -134,8 +134,28 @@ fn cluster_demo_elects_a_leader_and_alerts_on_injected_incidents() {
         .collect();
     assert_eq!(incidents.len(), 3);
 
+    // Replicated policy: the nightly backups of this small fleet are
+    // suppressed through the aggregators and must not alert.
+    let policy = tmp.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"suppressions": [{"app": "backup-agent.exe", "reason": "nightly backups"}]}"#,
+    )
+    .unwrap();
+
     let base = free_base(0);
-    let mut child = demo(base, &["--exit-when-done", "--settle-secs", "2", "--json"]);
+    let policy_arg = policy.to_str().unwrap();
+    let mut child = demo(
+        base,
+        &[
+            "--exit-when-done",
+            "--settle-secs",
+            "2",
+            "--json",
+            "--policy",
+            policy_arg,
+        ],
+    );
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
 
@@ -196,6 +216,11 @@ fn cluster_demo_elects_a_leader_and_alerts_on_injected_incidents() {
         assert_eq!(a["analytic"], "AN1511");
         assert!(a["bytes_out"].as_u64().unwrap_or(0) > 0, "{a}");
     }
+    assert!(
+        alerts.iter().all(|a| a["app"] != "backup-agent.exe"),
+        "a suppressed app alerted: the policy did not reach the collectors:\n{out}"
+    );
+    assert!(err.contains("policy replicated"), "{err}");
     // Every alert printed once.
     let mut ids: Vec<&str> = alerts.iter().filter_map(|a| a["id"].as_str()).collect();
     let n = ids.len();
