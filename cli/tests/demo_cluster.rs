@@ -323,3 +323,38 @@ fn ctrl_c_stops_the_cluster_demo_cleanly_and_removes_its_files() {
         );
     }
 }
+
+#[test]
+fn embedded_demo_still_scores_the_fleet_in_one_engine() {
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--embedded",
+            "--hosts",
+            "40",
+            "--days",
+            "2",
+            "--incidents",
+            "3",
+            "--seed",
+            "7",
+            "--json",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // No cluster: nothing about certificates or aggregators.
+    assert!(!err.contains("aggregators:"), "{err}");
+    let alerts = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count();
+    assert!(alerts >= 1, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("incidents "))
+        .unwrap_or_else(|| panic!("no evaluation:\n{err}"));
+    assert!(!line.contains("detected 0"), "{line}");
+}
