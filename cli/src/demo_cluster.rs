@@ -452,6 +452,14 @@ async fn drive(
         "admin API: http://127.0.0.1:{}  (try: outflow ctl --api http://127.0.0.1:{} cluster)",
         ports.api[0], ports.api[0]
     );
+    let otlp = flags.otlp_endpoint.clone().or_else(|| {
+        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    });
+    if let Some(ep) = &otlp {
+        eprintln!("alerts are also exported over OTLP/gRPC to {ep}");
+    }
 
     // One agent shipper per host, with the host's own certificate, pointed at
     // the collector that owns the host (a redirect would move it anyway).
@@ -528,6 +536,7 @@ async fn drive(
     // Wait for the engines to score everything and the alerts to settle.
     let mut last = (u64::MAX, Instant::now());
     let mut announced = false;
+    let mut settled_at: Option<Instant> = None;
     loop {
         let processed: u64 = cluster
             .collectors
@@ -547,10 +556,34 @@ async fn drive(
         if raised != last.0 {
             last = (raised, Instant::now());
         }
+        let exported: u64 = cluster
+            .collectors
+            .iter()
+            .map(|c| c.metrics.alerts_delivered_otlp.load(Ordering::Relaxed))
+            .sum();
         let settled = processed >= shipped
             && written == raised
             && last.1.elapsed() >= Duration::from_secs(flags.settle_secs);
-        if settled && flags.exit_when_done {
+        if !settled {
+            settled_at = None;
+        } else if settled_at.is_none() {
+            settled_at = Some(Instant::now());
+        }
+        // With OTLP, exit once the SOC has every alert too, or give up on an
+        // unreachable endpoint after a while (the outboxes keep the rest).
+        let exported_all = otlp.is_none() || exported >= raised;
+        let otlp_waited = settled_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(30));
+        if settled && flags.exit_when_done && !exported_all && otlp_waited {
+            eprintln!(
+                "warning: {} of {raised} alerts not delivered over OTLP within 30 s \
+                 (is the endpoint up?); exiting anyway",
+                raised - exported
+            );
+        }
+        if settled && flags.exit_when_done && (exported_all || otlp_waited) {
+            if otlp.is_some() {
+                eprintln!("\n{exported} of {raised} alerts exported over OTLP");
+            }
             if let Ok(c) = get_json(api, "/api/v1/cluster").await {
                 eprintln!(
                     "\ncluster: leader {}, term {}, commit index {}, shard map version {}",

@@ -358,3 +358,96 @@ fn embedded_demo_still_scores_the_fleet_in_one_engine() {
         .unwrap_or_else(|| panic!("no evaluation:\n{err}"));
     assert!(!line.contains("detected 0"), "{line}");
 }
+
+#[test]
+fn cluster_demo_honours_otel_exporter_otlp_endpoint() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/otlp_receiver.py"
+    );
+    let probe = Command::new("python3")
+        .args([
+            "-c",
+            "import grpc, opentelemetry.proto.collector.logs.v1.logs_service_pb2_grpc",
+        ])
+        .output();
+    if !matches!(probe, Ok(o) if o.status.success()) {
+        eprintln!(
+            "SKIPPED: python3 with `grpcio` and `opentelemetry-proto` is not available \
+             (CI installs them from .ci/requirements.txt)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let port_file = tmp.path().join("port");
+    let done_file = tmp.path().join("done");
+    let mut receiver = Command::new("python3")
+        .arg(script)
+        .arg(&port_file)
+        .arg(&done_file)
+        .arg("180")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file) {
+            break p.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "the OTLP receiver did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let base = free_base(2);
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--hosts",
+            "40",
+            "--days",
+            "2",
+            "--incidents",
+            "3",
+            "--seed",
+            "7",
+            "--exit-when-done",
+            "--settle-secs",
+            "2",
+            "--json",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    let mut printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect();
+    printed.sort();
+    assert!(!printed.is_empty(), "{err}");
+    assert!(err.contains("exported over OTLP"), "{err}");
+    std::fs::write(&done_file, printed.len().to_string()).unwrap();
+    let r = receiver.wait_with_output().unwrap();
+    let rerr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "OTLP receiver: {rerr}");
+    let mut received: Vec<String> = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["id"].as_str().map(str::to_string))
+        .collect();
+    received.sort();
+    assert_eq!(
+        received, printed,
+        "the SOC got exactly the alerts the demo printed"
+    );
+}
