@@ -381,7 +381,7 @@ fn cluster_demo_honours_otel_exporter_otlp_endpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let port_file = tmp.path().join("port");
     let done_file = tmp.path().join("done");
-    let mut receiver = Command::new("python3")
+    let receiver = Command::new("python3")
         .arg(script)
         .arg(&port_file)
         .arg(&done_file)
