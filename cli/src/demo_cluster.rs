@@ -561,8 +561,14 @@ async fn drive(
             .iter()
             .map(|c| c.metrics.alerts_delivered_otlp.load(Ordering::Relaxed))
             .sum();
+        let replicated: u64 = cluster
+            .collectors
+            .iter()
+            .map(|c| c.metrics.alerts_delivered_fleet.load(Ordering::Relaxed))
+            .sum();
         let settled = processed >= shipped
             && written == raised
+            && replicated == raised
             && last.1.elapsed() >= Duration::from_secs(flags.settle_secs);
         if !settled {
             settled_at = None;
@@ -590,6 +596,19 @@ async fn drive(
                     c["leader"], c["term"], c["commit_index"], c["shard_map_version"]
                 );
             }
+            // Every node answers from the replicated state.
+            let mut held = Vec::new();
+            for (i, port) in ports.api.iter().enumerate() {
+                let n = match get_json(addr(*port), "/api/v1/alerts?limit=10000").await {
+                    Ok(v) => v["alerts"]
+                        .as_array()
+                        .map(|a| a.len().to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    Err(e) => format!("error ({e:#})"),
+                };
+                held.push(format!("node {}: {n}", i + 1));
+            }
+            eprintln!("alerts held by the aggregators: {}", held.join(", "));
             break;
         }
         if settled && !announced {

@@ -221,6 +221,19 @@ fn cluster_demo_elects_a_leader_and_alerts_on_injected_incidents() {
         "a suppressed app alerted: the policy did not reach the collectors:\n{out}"
     );
     assert!(err.contains("policy replicated"), "{err}");
+    // The collectors reported every alert to the Raft group: each node
+    // holds them all.
+    let held = err
+        .lines()
+        .find(|l| l.starts_with("alerts held by the aggregators: "))
+        .unwrap_or_else(|| panic!("no replicated alert count:\n{err}"));
+    for node in 1..=3 {
+        assert!(
+            held.contains(&format!("node {node}: {}", alerts.len())),
+            "{held} (printed {})",
+            alerts.len()
+        );
+    }
     // Every alert printed once.
     let mut ids: Vec<&str> = alerts.iter().filter_map(|a| a["id"].as_str()).collect();
     let n = ids.len();
