@@ -213,8 +213,15 @@ async fn run_async(
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nCtrl-C: stopping the fleet, the collectors and the aggregators…");
+            eprintln!(
+                "\nCtrl-C: stopping the fleet, the collectors and the aggregators… \
+                 (Ctrl-C again to quit at once)"
+            );
             let _ = stop_tx.send(true);
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("second Ctrl-C: quitting without a clean shutdown");
+            std::process::exit(130);
         }
     });
 
@@ -284,6 +291,7 @@ async fn run_async(
         certs.display()
     );
 
+    let interrupted = stop_rx.clone();
     let mut cluster = Cluster::default();
     let result = drive(
         &mut cluster,
@@ -304,7 +312,14 @@ async fn run_async(
     let t = Instant::now();
     cluster.stop().await;
     eprintln!("stopped in {:.1} s", t.elapsed().as_secs_f64());
-    let outcome = result?;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) if *interrupted.borrow() => {
+            eprintln!("interrupted while starting ({e:#}); everything is stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
 
     // Whatever the collectors raised, including the last alerts.
     let mut printer = outcome.printer;
