@@ -331,6 +331,10 @@ struct RaftLoop<D: Disk> {
     boot: u64,
     next_req: u64,
     pending: BTreeMap<Vec<u8>, (Reply, Instant)>,
+    /// Proposals received this turn, proposed together (see `flush_proposals`).
+    queued: Vec<(Vec<u8>, Reply)>,
+    /// Batch entries in flight: their proposers, in order.
+    pending_batches: BTreeMap<Vec<u8>, (Vec<Reply>, Instant)>,
     pending_reads: BTreeMap<Vec<u8>, (ReadReply, Instant)>,
     waiting_reads: Vec<(u64, ReadReply, Instant)>,
     last_collector_check: Instant,
@@ -340,8 +344,10 @@ struct RaftLoop<D: Disk> {
     fatal: Option<String>,
 }
 
-/// Inputs handled per loop turn at most: one turn = one fsync.
+/// Inputs handled per loop turn at most.
 const MAX_BATCH: usize = 8192;
+/// Largest batch entry (commands are JSON objects joined into one array).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 impl<D: Disk> RaftLoop<D> {
     fn new(
@@ -363,6 +369,8 @@ impl<D: Disk> RaftLoop<D> {
             boot: rand::random(),
             next_req: 0,
             pending: BTreeMap::new(),
+            queued: Vec::new(),
+            pending_batches: BTreeMap::new(),
             pending_reads: BTreeMap::new(),
             waiting_reads: Vec::new(),
             last_collector_check: Instant::now(),
@@ -413,6 +421,7 @@ impl<D: Disk> RaftLoop<D> {
                 next_tick = Instant::now() + self.opts.tick;
                 self.housekeeping();
             }
+            self.flush_proposals();
             if let Err(e) = self.ready() {
                 tracing::error!(node = self.replica.id(), error = %e, "raft node stopped: storage or state failure; restart it after fixing the cause");
                 let mut st = self.status_tx.borrow().clone();
@@ -434,6 +443,14 @@ impl<D: Disk> RaftLoop<D> {
         for (_, (reply, _)) in std::mem::take(&mut self.pending) {
             let _ = reply.send(Err(ProposeError::Stopped));
         }
+        for (_, (replies, _)) in std::mem::take(&mut self.pending_batches) {
+            for reply in replies {
+                let _ = reply.send(Err(ProposeError::Stopped));
+            }
+        }
+        for (_, reply) in std::mem::take(&mut self.queued) {
+            let _ = reply.send(Err(ProposeError::Stopped));
+        }
         tracing::info!(node = self.replica.id(), "raft loop stopped");
     }
 
@@ -445,18 +462,7 @@ impl<D: Disk> RaftLoop<D> {
                     tracing::debug!(error = %e, "raft message ignored");
                 }
             }
-            Input::Propose { data, reply } => {
-                let ctx = self.new_ctx();
-                match self.replica.propose(ctx.clone(), data) {
-                    Ok(()) => {
-                        self.pending
-                            .insert(ctx, (reply, Instant::now() + self.opts.proposal_timeout));
-                    }
-                    Err(_) => {
-                        let _ = reply.send(Err(ProposeError::NoLeader));
-                    }
-                }
-            }
+            Input::Propose { data, reply } => self.queued.push((data, reply)),
             Input::ReadIndex { reply } => {
                 let ctx = self.new_ctx();
                 self.replica.read_index(ctx.clone());
@@ -528,6 +534,21 @@ impl<D: Disk> RaftLoop<D> {
             if a.context.is_empty() {
                 continue;
             }
+            if let Some((replies, _)) = self.pending_batches.remove(&a.context) {
+                let outcomes = match a.kind {
+                    AppliedKind::Command(Outcome::Batch { outcomes }) => outcomes,
+                    _ => Vec::new(),
+                };
+                let mut outcomes = outcomes.into_iter();
+                for reply in replies {
+                    let _ = reply.send(Ok(Proposed {
+                        index: a.index,
+                        term: a.term,
+                        outcome: outcomes.next(),
+                    }));
+                }
+                continue;
+            }
             let Some((reply, _)) = self.pending.remove(&a.context) else {
                 continue;
             };
@@ -565,6 +586,62 @@ impl<D: Disk> RaftLoop<D> {
         Ok(())
     }
 
+    /// Propose what arrived this turn: one entry per command when alone, else
+    /// `Command::Batch` entries of up to `MAX_BATCH_BYTES` (one log entry, one
+    /// apply, many acknowledgements).
+    fn flush_proposals(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + self.opts.proposal_timeout;
+        let queued = std::mem::take(&mut self.queued);
+        if queued.len() == 1 {
+            let Some((data, reply)) = queued.into_iter().next() else {
+                return;
+            };
+            let ctx = self.new_ctx();
+            match self.replica.propose(ctx.clone(), data) {
+                Ok(()) => {
+                    self.pending.insert(ctx, (reply, deadline));
+                }
+                Err(_) => {
+                    let _ = reply.send(Err(ProposeError::NoLeader));
+                }
+            }
+            return;
+        }
+        let mut groups: Vec<(Vec<u8>, Vec<Reply>)> = Vec::new();
+        for (data, reply) in queued {
+            let start_new = groups
+                .last()
+                .is_none_or(|(buf, _)| buf.len() + data.len() > MAX_BATCH_BYTES);
+            if start_new {
+                groups.push((br#"{"type":"batch","commands":["#.to_vec(), Vec::new()));
+            }
+            if let Some((buf, replies)) = groups.last_mut() {
+                if !replies.is_empty() {
+                    buf.push(b',');
+                }
+                buf.extend_from_slice(&data);
+                replies.push(reply);
+            }
+        }
+        for (mut buf, replies) in groups {
+            buf.extend_from_slice(b"]}");
+            let ctx = self.new_ctx();
+            match self.replica.propose(ctx.clone(), buf) {
+                Ok(()) => {
+                    self.pending_batches.insert(ctx, (replies, deadline));
+                }
+                Err(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(ProposeError::NoLeader));
+                    }
+                }
+            }
+        }
+    }
+
     /// Once per tick: expire requests, and as leader propose a `Tick` when a
     /// collector is overdue.
     fn housekeeping(&mut self) {
@@ -578,6 +655,19 @@ impl<D: Disk> RaftLoop<D> {
         for k in expired {
             if let Some((reply, _)) = self.pending.remove(&k) {
                 let _ = reply.send(Err(ProposeError::Timeout));
+            }
+        }
+        let expired: Vec<Vec<u8>> = self
+            .pending_batches
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            if let Some((replies, _)) = self.pending_batches.remove(&k) {
+                for reply in replies {
+                    let _ = reply.send(Err(ProposeError::Timeout));
+                }
             }
         }
         let expired: Vec<Vec<u8>> = self

@@ -84,6 +84,9 @@ pub enum Command {
         collector_id: String,
         alerts: Vec<AlertRecord>,
     },
+    /// Several commands proposed together (one log entry), applied in order
+    /// at the same index. Batches do not nest.
+    Batch { commands: Vec<Command> },
 }
 
 impl Command {
@@ -95,6 +98,7 @@ impl Command {
             Command::Tick { .. } => "tick",
             Command::SetPolicy { .. } => "set_policy",
             Command::ReportAlerts { .. } => "report_alerts",
+            Command::Batch { .. } => "batch",
         }
     }
 }
@@ -118,6 +122,10 @@ pub enum Outcome {
     Alerts {
         added: u64,
         duplicates: u64,
+    },
+    /// One outcome per command of a batch, in order.
+    Batch {
+        outcomes: Vec<Outcome>,
     },
     /// The command was well-formed JSON but not acceptable; state unchanged.
     Rejected {
@@ -248,6 +256,17 @@ impl FleetState {
                 comment,
             } => self.set_policy(index, principal, *unix_ms, policy, comment),
             Command::ReportAlerts { alerts, .. } => self.report_alerts(alerts),
+            Command::Batch { commands } => Outcome::Batch {
+                outcomes: commands
+                    .iter()
+                    .map(|c| match c {
+                        Command::Batch { .. } => Outcome::Rejected {
+                            reason: "batches do not nest".into(),
+                        },
+                        c => self.apply(index, c),
+                    })
+                    .collect(),
+            },
         }
     }
 

@@ -307,3 +307,53 @@ fn undecodable_commands_are_rejected_deterministically() {
     assert!(matches!(out, Outcome::Rejected { .. }));
     assert_eq!(s.applied_index(), 1);
 }
+
+#[test]
+fn a_batch_applies_each_command_at_one_index_and_does_not_nest() {
+    let mut s = FleetState::default();
+    let out = s.apply(
+        7,
+        &Command::Batch {
+            commands: vec![
+                submit("c1", 1, vec![stats("a", 1, 1, &[], &[])]),
+                submit("c1", 1, vec![stats("a", 1, 5, &[], &[])]),
+                Command::Batch { commands: vec![] },
+            ],
+        },
+    );
+    assert_eq!(
+        out,
+        Outcome::Batch {
+            outcomes: vec![
+                Outcome::Partials {
+                    accepted: 1,
+                    duplicates: 0,
+                    expired: 0
+                },
+                Outcome::Partials {
+                    accepted: 0,
+                    duplicates: 1,
+                    expired: 0
+                },
+                Outcome::Rejected {
+                    reason: "batches do not nest".into()
+                },
+            ]
+        }
+    );
+    assert_eq!(s.applied_index(), 7);
+    assert_eq!(s.app_baseline("a")[0].hosts_running, 1);
+    // The bytes the node builds by joining commands parse as a batch.
+    let joined = format!(
+        "{{\"type\":\"batch\",\"commands\":[{},{}]}}",
+        serde_json::to_string(&submit("c2", 1, vec![])).unwrap(),
+        serde_json::to_string(&Command::Tick {
+            unix_ms: 1,
+            collector_timeout_ms: 1
+        })
+        .unwrap()
+    );
+    assert!(
+        matches!(s.apply_bytes(8, joined.as_bytes()), Outcome::Batch { outcomes } if outcomes.len() == 2)
+    );
+}
