@@ -116,6 +116,9 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(64 << 20)
+            // Durability is explicit: every group commit and outbox removal
+            // flushes. sled's own periodic flush would only compete with it.
+            .flush_every_ms(None)
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.display().to_string(),
@@ -353,10 +356,13 @@ impl Store {
         self.alerts.scan_prefix(outbox_prefix(sink)).count()
     }
 
-    /// Next partials epoch (persistent, strictly increasing).
+    /// Next partials epoch: strictly increasing, also across restarts (the
+    /// counter is not flushed on its own, so it is also never below the wall
+    /// clock in milliseconds).
     pub fn next_epoch(&self) -> Result<u64, StoreError> {
+        let now_ms = u64::try_from(crate::ingest::now_ms()).unwrap_or(0);
         let v = self.meta.update_and_fetch(b"epoch", |old| {
-            let n = old.and_then(read_u64).unwrap_or(0) + 1;
+            let n = (old.and_then(read_u64).unwrap_or(0) + 1).max(now_ms);
             Some(be(n).to_vec())
         })?;
         Ok(v.as_deref().and_then(read_u64).unwrap_or(1))
@@ -443,7 +449,8 @@ mod tests {
         assert_eq!(a, 1);
         assert!(!s.has_alert("x1").unwrap());
         assert!(s.has_alert("x2").unwrap());
-        assert_eq!(s.next_epoch().unwrap(), 1);
-        assert_eq!(s.next_epoch().unwrap(), 2);
+        let e1 = s.next_epoch().unwrap();
+        let e2 = s.next_epoch().unwrap();
+        assert!(e2 > e1 && e1 > 1_700_000_000_000, "{e1} {e2}");
     }
 }
