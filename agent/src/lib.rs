@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod etw;
 pub mod ship;
 pub mod source;
 pub mod spool;

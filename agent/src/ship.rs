@@ -313,7 +313,9 @@ impl Shipper {
 
     /// Stops the senders; the spool keeps what was not acknowledged.
     pub async fn shutdown(self) {
-        let _ = self.inner.shutdown.send(true);
+        // send_replace: stores the value even if no worker has subscribed yet
+        // (`send` would drop it and a late worker would never stop).
+        self.inner.shutdown.send_replace(true);
         let handles: Vec<JoinHandle<()>> =
             lock(&self.inner.workers).drain().map(|(_, h)| h).collect();
         for h in handles {
