@@ -22,6 +22,31 @@ pub struct ApiState {
     pub collector_id: String,
     pub metrics: Arc<Metrics>,
     pub store: Store,
+    /// Required bearer token for evidence; `Err` = evidence disabled (off
+    /// loopback without a token).
+    pub evidence_auth: Result<Option<String>, String>,
+}
+
+/// `Some(refusal)` when the request may not read evidence.
+fn refusal(s: &ApiState, headers: &axum::http::HeaderMap) -> Option<Response> {
+    match &s.evidence_auth {
+        Err(why) => Some(bad(StatusCode::FORBIDDEN, why.clone())),
+        Ok(None) => None,
+        Ok(Some(token)) => {
+            let given = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given == Some(token.as_str()) {
+                None
+            } else {
+                Some(bad(
+                    StatusCode::UNAUTHORIZED,
+                    "evidence requires `Authorization: Bearer <api_token>`".into(),
+                ))
+            }
+        }
+    }
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -69,7 +94,14 @@ fn bad(status: StatusCode, msg: String) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-async fn evidence(State(s): State<ApiState>, Query(q): Query<EvidenceQuery>) -> Response {
+async fn evidence(
+    State(s): State<ApiState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<EvidenceQuery>,
+) -> Response {
+    if let Some(r) = refusal(&s, &headers) {
+        return r;
+    }
     let (host, start, end, pid, alert) = if let Some(id) = &q.alert {
         let json = match s.store.alert_json(id) {
             Ok(Some(j)) => j,
@@ -202,4 +234,45 @@ pub fn collect_evidence(
         .iter()
         .filter_map(|e| serde_json::from_str(&e.to_json_line()).ok())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(auth: Result<Option<String>, String>) -> (tempfile::TempDir, ApiState) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let s = ApiState {
+            collector_id: "c1".into(),
+            metrics: Arc::new(Metrics::default()),
+            store,
+            evidence_auth: auth,
+        };
+        (tmp, s)
+    }
+
+    #[test]
+    fn evidence_needs_the_token_and_is_off_without_one_off_loopback() {
+        let mut h = axum::http::HeaderMap::new();
+        let (_t, open) = state(Ok(None));
+        assert!(refusal(&open, &h).is_none());
+        let (_t, off) = state(Err("off loopback".into()));
+        assert_eq!(refusal(&off, &h).unwrap().status(), StatusCode::FORBIDDEN);
+        let (_t, tok) = state(Ok(Some("s3cret".into())));
+        assert_eq!(
+            refusal(&tok, &h).unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer wrong".parse().unwrap(),
+        );
+        assert!(refusal(&tok, &h).is_some());
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer s3cret".parse().unwrap(),
+        );
+        assert!(refusal(&tok, &h).is_none());
+    }
 }

@@ -26,6 +26,9 @@ pub struct CollectorArgs {
     /// HTTP address for /metrics, /healthz, /readyz and evidence.
     #[arg(long)]
     pub api: Option<SocketAddr>,
+    /// Bearer token for the evidence API (needed off loopback).
+    #[arg(long, env = "OUTFLOW_COLLECTOR_API_TOKEN")]
+    pub api_token: Option<String>,
     /// Aggregator addresses, comma-separated (none: embedded fleet store).
     #[arg(long, value_delimiter = ',')]
     pub aggregators: Option<Vec<String>>,
@@ -171,6 +174,9 @@ impl CollectorArgs {
             outbox_batch,
             max_retry_secs
         );
+        if self.api_token.is_some() {
+            c.api_token = self.api_token.clone();
+        }
         if self.advertise.is_some() {
             c.advertise = self.advertise.clone();
         }

@@ -21,6 +21,9 @@ pub struct CollectorConfig {
     pub advertise: Option<String>,
     /// HTTP address of `/metrics`, `/healthz`, `/readyz` and the evidence API.
     pub api: SocketAddr,
+    /// Bearer token required by the evidence API. When the API listens off
+    /// loopback and no token is set, evidence is refused (it is telemetry).
+    pub api_token: Option<String>,
     /// Aggregator gRPC addresses (`host:port`). Empty: an embedded,
     /// non-replicated fleet store (a single collector, for tests and demos).
     pub aggregators: Vec<String>,
@@ -90,6 +93,7 @@ impl Default for CollectorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7201)),
             advertise: None,
             api: SocketAddr::from(([127, 0, 0, 1], 7271)),
+            api_token: None,
             aggregators: Vec::new(),
             data: PathBuf::from("outflow-collector-data"),
             certs: PathBuf::from("certs"),

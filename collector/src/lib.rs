@@ -413,6 +413,14 @@ pub async fn start(
             collector_id: cfg.id.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
+            evidence_auth: match (&cfg.api_token, api_addr.ip().is_loopback()) {
+                (Some(t), _) => Ok(Some(t.clone())),
+                (None, true) => Ok(None),
+                (None, false) => Err(format!(
+                    "evidence is telemetry: the API listens on {api_addr}, off loopback, \
+                     so set api_token (--api-token) to serve it"
+                )),
+            },
         });
         let mut sd = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
