@@ -228,7 +228,15 @@ impl Engine {
     /// Distributed mode: judge against the fleet's baseline. The engine's own
     /// hosts' contributions are taken from its live state rather than from
     /// the (older) copies inside the fleet baseline.
+    ///
+    /// The learning period counts from the fleet's oldest data, not from this
+    /// engine's first event: a collector that takes over hosts (or restarts)
+    /// joins a fleet that has already been learnt.
     pub fn set_fleet_baseline(&mut self, fleet: FleetBaseline) {
+        if let Some(oldest) = fleet.apps.values().filter_map(|d| d.keys().next()).min() {
+            let t = Timestamp(oldest.saturating_mul(crate::time::MICROS_PER_DAY));
+            self.first_ts = Some(self.first_ts.map_or(t, |f| f.min(t)));
+        }
         self.fleet = Some(fleet);
     }
 
@@ -1395,6 +1403,38 @@ mod tests {
         let mut e = Engine::new(learning, Policy::default());
         assert!(run(&mut e, &events).is_empty());
         assert_eq!(e.stats().learning, 1);
+    }
+
+    #[test]
+    fn a_learnt_fleet_baseline_ends_learning_for_a_new_engine() {
+        let events = vec![
+            start("build-1", 1, "curl", 0, None),
+            net(
+                "build-1",
+                1,
+                30,
+                "52.216.1.1",
+                4 << 20,
+                10,
+                Some("b.s3.amazonaws.com"),
+            ),
+        ];
+        let learning = EngineConfig {
+            learning_secs: 86_400,
+            ..eager()
+        };
+        let mut fresh = Engine::new(learning.clone(), Policy::default());
+        assert!(run(&mut fresh, &events).is_empty());
+        // The fleet has data from three days earlier: already learnt.
+        let mut fleet = FleetBaseline::new();
+        let old = HostAppDay {
+            running: true,
+            ..HostAppDay::default()
+        };
+        fleet.add(&old.contribution("curl", t(0).day() - 3));
+        let mut joined = Engine::new(learning, Policy::default());
+        joined.set_fleet_baseline(fleet);
+        assert_eq!(run(&mut joined, &events).len(), 1);
     }
 
     #[test]
