@@ -54,7 +54,8 @@ while True:
         servers[i].sendall(payload); clients[i].recv(4096)
     time.sleep(1)
 PY
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -gt $((SOCKETS + 64)) ] || { echo "open-file limit $(ulimit -n) is too low for $SOCKETS sockets" >&2; exit 1; }
 python3 "$TMP/sockets.py" "$SOCKETS" > "$TMP/sockets.out" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q ready "$TMP/sockets.out" 2>/dev/null && break; sleep 0.2; done
