@@ -183,10 +183,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, policy: Policy) -> Self {
-        let mut catalogue = Catalogue::builtin();
-        for e in &policy.catalogue_additions {
-            catalogue.add(&e.service, &e.suffix);
-        }
+        let catalogue = catalogue_with(&policy);
         Engine {
             cfg,
             catalogue,
@@ -212,11 +209,7 @@ impl Engine {
     }
 
     pub fn set_policy(&mut self, policy: Policy) {
-        let mut catalogue = Catalogue::builtin();
-        for e in &policy.catalogue_additions {
-            catalogue.add(&e.service, &e.suffix);
-        }
-        self.catalogue = catalogue;
+        self.catalogue = catalogue_with(&policy);
         self.names.clear();
         self.policy = policy;
     }
@@ -576,7 +569,7 @@ impl Engine {
         p.last_activity = p.last_activity.max(n.ts);
         let app = p.meta.app.clone();
         let day = n.ts.day();
-        if day != p.day && day > p.day {
+        if day > p.day {
             p.day = day;
             p.day_out = 0;
             p.day_in = 0;
@@ -997,6 +990,15 @@ const SWEEP_US: i64 = 300 * 1_000_000;
 
 /// A window counts towards persistence from this many bytes out.
 pub const UPLOAD_WINDOW_BYTES: u64 = 64 << 10;
+
+/// The built-in catalogue with the policy's additions.
+fn catalogue_with(policy: &Policy) -> Catalogue {
+    let mut catalogue = Catalogue::builtin();
+    for e in &policy.catalogue_additions {
+        catalogue.add(&e.service, &e.suffix);
+    }
+    catalogue
+}
 
 fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
     let end = w.start.saturating_add_us(window_us);
