@@ -530,7 +530,6 @@ impl Engine {
         let idx = match idx {
             Some(i) => i,
             None => {
-                self.stats.unknown_pid_records += 1;
                 let meta = Arc::new(ProcMeta {
                     app: unknown_app.clone(),
                     pid: n.pid,
@@ -563,7 +562,9 @@ impl Engine {
             }
         };
         let p = &mut instances[idx];
-        if p.meta.app.as_ref() == UNKNOWN_APP && p.meta.start > n.ts {
+        // Every record of a pid whose start was never seen (a process really
+        // named `unknown` has its own interned name, not this one).
+        if Arc::ptr_eq(&p.meta.app, &unknown_app) {
             self.stats.unknown_pid_records += 1;
         }
         p.last_activity = p.last_activity.max(n.ts);
@@ -1274,20 +1275,15 @@ mod tests {
         let mut e = Engine::new(eager(), Policy::default());
         let alerts = run(
             &mut e,
-            &[net(
-                "h",
-                999,
-                30,
-                "31.216.145.5",
-                8 << 20,
-                100,
-                Some("mega.nz"),
-            )],
+            &[
+                net("h", 999, 30, "31.216.145.5", 8 << 20, 100, Some("mega.nz")),
+                net("h", 999, 40, "31.216.145.5", 1, 1, Some("mega.nz")),
+            ],
         );
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].app, "unknown");
         assert_eq!(alerts[0].service, "mega");
-        assert_eq!(e.stats().unknown_pid_records, 1);
+        assert_eq!(e.stats().unknown_pid_records, 2);
     }
 
     #[test]
