@@ -259,8 +259,8 @@ impl Shipper {
                 let r = lock(&self.inner.spool).append(&host, chunk, AGENT_VERSION, now_ms);
                 match r {
                     Ok(_) => sealed += 1,
+                    // The spool logs its own failures (once per episode).
                     Err(e) => {
-                        tracing::error!("{e}");
                         first_err.get_or_insert(e);
                     }
                 }
@@ -355,13 +355,22 @@ fn hosts_for(inner: &Inner, endpoint: &str) -> Vec<String> {
 
 fn backoff_delay(inner: &Inner, attempt: u32) -> Duration {
     use rand::Rng;
-    let cap = inner
-        .backoff_initial
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(inner.backoff_max);
-    // Full jitter: uniformly in [cap/2, cap] keeps some spacing.
+    let cap = backoff_cap(inner.backoff_initial, inner.backoff_max, attempt);
+    jittered(cap, rand::thread_rng().gen_range(0.0..=1.0))
+}
+
+/// The ceiling of the `attempt`-th reconnect delay (0-based): doubles from
+/// `initial` and stays at `max` once it gets there.
+pub fn backoff_cap(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    initial.saturating_mul(1u32 << attempt.min(20)).min(max)
+}
+
+/// The delay actually slept for ceiling `cap` and a uniform draw `u` in
+/// [0, 1]: full jitter in [cap/2, cap] keeps some spacing.
+pub fn jittered(cap: Duration, u: f64) -> Duration {
     let ms = cap.as_millis().max(1) as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+    let lo = ms / 2;
+    Duration::from_millis(lo + ((ms - lo) as f64 * u.clamp(0.0, 1.0)).round() as u64)
 }
 
 async fn connect(

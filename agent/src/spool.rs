@@ -9,7 +9,7 @@
 //! `s/<host>` → next sequence number; `d` → dropped events not yet reported.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use outflow_proto::pb;
 use prost::Message;
@@ -20,6 +20,8 @@ pub enum SpoolError {
     Open { path: String, source: sled::Error },
     #[error("spool write failed: {0} (disk full?); the batch's events are counted as dropped")]
     Write(sled::Error),
+    #[error("spool {path}: no space left on the device: free space there; until then every batch's events are counted as dropped and reported to the collector once the spool can write again")]
+    DiskFull { path: String },
     #[error("spool entry {key} is corrupt: {reason}; it was removed")]
     Corrupt { key: String, reason: String },
 }
@@ -33,18 +35,35 @@ pub struct SpoolStats {
     pub dropped_batches: u64,
     pub dropped_events: u64,
     pub write_errors: u64,
+    /// The spool could not write and has not recovered yet.
+    pub unwritable: bool,
+}
+
+/// What the spool keeps in memory about a stored batch.
+#[derive(Clone, Copy, Debug)]
+struct Stored {
+    bytes: u64,
+    events: u64,
+    /// The `dropped_events` the batch itself reports.
+    carried: u64,
 }
 
 pub struct Spool {
-    db: sled::Db,
+    dir: PathBuf,
+    /// `None` while the spool cannot write (see [`Spool::append`]).
+    db: Option<sled::Db>,
     max_bytes: u64,
     bytes: u64,
     /// Per host: next sequence number to assign.
     next_seq: BTreeMap<String, u64>,
-    /// Per batch key: stored size and event count (for accounting).
-    index: BTreeMap<(String, u64), (u64, u64)>,
+    /// Every batch stored durably and not yet acknowledged. Only these are
+    /// ever sent: after a failed write, sled may still hold the failed batch
+    /// in memory.
+    index: BTreeMap<(String, u64), Stored>,
     /// Dropped events not yet reported in a sealed batch.
     unreported_drops: u64,
+    /// Events lost since the spool last wrote successfully.
+    lost_while_unwritable: u64,
     stats: SpoolStats,
 }
 
@@ -57,6 +76,12 @@ fn batch_key(host: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+fn seq_key(host: &str) -> Vec<u8> {
+    let mut k = b"s/".to_vec();
+    k.extend_from_slice(host.as_bytes());
+    k
+}
+
 fn parse_batch_key(k: &[u8]) -> Option<(String, u64)> {
     let rest = k.strip_prefix(b"b/")?;
     let nul = rest.iter().position(|b| *b == 0)?;
@@ -65,36 +90,55 @@ fn parse_batch_key(k: &[u8]) -> Option<(String, u64)> {
     Some((host, seq))
 }
 
+fn is_disk_full(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
+}
+
+fn open_db(dir: &Path) -> Result<sled::Db, SpoolError> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(8 * 1024 * 1024)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| SpoolError::Open {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `dir`, resuming whatever it holds.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(8 * 1024 * 1024)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| SpoolError::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+        let db = open_db(dir)?;
         let mut s = Spool {
-            db,
+            dir: dir.to_path_buf(),
+            db: None,
             max_bytes,
             bytes: 0,
             next_seq: BTreeMap::new(),
             index: BTreeMap::new(),
             unreported_drops: 0,
+            lost_while_unwritable: 0,
             stats: SpoolStats::default(),
         };
         let mut corrupt = Vec::new();
-        for kv in s.db.scan_prefix(b"b/") {
+        for kv in db.scan_prefix(b"b/") {
             let Ok((k, v)) = kv else { continue };
             let parsed = parse_batch_key(&k).zip(pb::Batch::decode(v.as_ref()).ok());
             match parsed {
                 Some(((host, seq), b)) => {
                     s.bytes += v.len() as u64;
-                    s.index
-                        .insert((host, seq), (v.len() as u64, b.events.len() as u64));
+                    s.index.insert(
+                        (host, seq),
+                        Stored {
+                            bytes: v.len() as u64,
+                            events: b.events.len() as u64,
+                            carried: b.dropped_events,
+                        },
+                    );
                 }
                 None => corrupt.push(k),
             }
@@ -107,9 +151,9 @@ impl Spool {
                     reason: "undecodable".into()
                 }
             );
-            let _ = s.db.remove(k);
+            let _ = db.remove(k);
         }
-        for kv in s.db.scan_prefix(b"s/") {
+        for kv in db.scan_prefix(b"s/") {
             let Ok((k, v)) = kv else { continue };
             let host = String::from_utf8_lossy(&k[2..]).into_owned();
             if let Ok(b) = <[u8; 8]>::try_from(v.as_ref()) {
@@ -123,11 +167,12 @@ impl Spool {
                 *n = seq + 1;
             }
         }
-        if let Ok(Some(v)) = s.db.get(b"d") {
+        if let Ok(Some(v)) = db.get(b"d") {
             if let Ok(b) = <[u8; 8]>::try_from(v.as_ref()) {
                 s.unreported_drops = u64::from_be_bytes(b);
             }
         }
+        s.db = Some(db);
         if !s.index.is_empty() {
             tracing::info!(
                 batches = s.index.len(),
@@ -142,6 +187,7 @@ impl Spool {
     fn refresh_stats(&mut self) {
         self.stats.pending_batches = self.index.len() as u64;
         self.stats.pending_bytes = self.bytes;
+        self.stats.unwritable = self.db.is_none();
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -153,7 +199,9 @@ impl Spool {
     pub fn note_dropped(&mut self, events: u64) {
         self.unreported_drops += events;
         self.stats.dropped_events += events;
-        let _ = self.db.insert(b"d", &self.unreported_drops.to_be_bytes());
+        if let Some(db) = &self.db {
+            let _ = db.insert(b"d", &self.unreported_drops.to_be_bytes());
+        }
     }
 
     /// Events dropped and not yet reported in a batch.
@@ -161,10 +209,96 @@ impl Spool {
         self.unreported_drops
     }
 
+    /// After a failed write sled refuses every later write (it keeps the
+    /// error), even once space is back: the database is closed and opened
+    /// again, and brought in line with what the spool knows is durable.
+    fn reopen(&mut self) -> Result<(), SpoolError> {
+        // Close first: sled holds a lock on its directory.
+        self.db = None;
+        let db = open_db(&self.dir)?;
+        let mut tx = sled::Batch::default();
+        let mut on_disk = std::collections::BTreeSet::new();
+        for kv in db.scan_prefix(b"b/") {
+            let Ok((k, _)) = kv else { continue };
+            match parse_batch_key(&k) {
+                // Acknowledged while unwritable, or a write that failed but
+                // reached the disk anyway (it was counted as dropped).
+                Some(key) if !self.index.contains_key(&key) => tx.remove(k),
+                Some(key) => {
+                    on_disk.insert(key);
+                }
+                None => tx.remove(k),
+            }
+        }
+        for (host, next) in &self.next_seq {
+            tx.insert(seq_key(host), &next.to_be_bytes());
+        }
+        tx.insert(b"d".as_slice(), &self.unreported_drops.to_be_bytes());
+        db.apply_batch(tx).map_err(SpoolError::Write)?;
+        db.flush().map_err(SpoolError::Write)?;
+        // Batches known durable but gone from the disk cannot be sent.
+        let vanished: Vec<(String, u64)> = self
+            .index
+            .keys()
+            .filter(|k| !on_disk.contains(*k))
+            .cloned()
+            .collect();
+        for k in vanished {
+            if let Some(st) = self.index.remove(&k) {
+                tracing::error!(host = %k.0, seq = k.1, "spool: a stored batch is missing after reopening; counted as dropped");
+                self.bytes -= st.bytes;
+                self.stats.dropped_batches += 1;
+                self.stats.dropped_events += st.events;
+                self.unreported_drops += st.events + st.carried;
+            }
+        }
+        self.db = Some(db);
+        Ok(())
+    }
+
+    /// Counts a batch lost to a write failure and says so: the first
+    /// failure at error level with what to do, the following ones (until the
+    /// spool writes again) at debug level.
+    fn count_loss(&mut self, e: sled::Error, events: u64) -> SpoolError {
+        self.stats.write_errors += 1;
+        self.stats.dropped_events += events;
+        self.unreported_drops += events;
+        let first = self.lost_while_unwritable == 0;
+        self.lost_while_unwritable += events;
+        let err = if is_disk_full(&e) {
+            SpoolError::DiskFull {
+                path: self.dir.display().to_string(),
+            }
+        } else {
+            SpoolError::Write(e)
+        };
+        if first {
+            tracing::error!("{err}");
+        } else {
+            tracing::debug!(
+                lost = self.lost_while_unwritable,
+                "spool still cannot write: {err}"
+            );
+        }
+        err
+    }
+
+    fn write_failed(&mut self, e: sled::Error, events: u64) -> SpoolError {
+        let err = self.count_loss(e, events);
+        // Try at once (a transient error); else at the next append.
+        if let Err(e) = self.reopen() {
+            tracing::debug!("spool: reopening failed: {e}");
+            self.db = None;
+        }
+        self.refresh_stats();
+        err
+    }
+
     /// Seals `events` of `host` into the next batch, stores it durably and
     /// returns its sequence number. Dropped-but-unreported events ride along
     /// in `dropped_events`. On a write failure (disk full) the events are
-    /// counted as dropped and an error returned; the agent keeps running.
+    /// counted as dropped and an error returned; the agent keeps running,
+    /// and the spool recovers by itself when it can write again.
     pub fn append(
         &mut self,
         host: &str,
@@ -172,72 +306,82 @@ impl Spool {
         agent_version: &str,
         sealed_unix_ms: i64,
     ) -> Result<u64, SpoolError> {
-        let seq = *self.next_seq.get(host).unwrap_or(&1);
         let n_events = events.len() as u64;
-        let batch = pb::Batch {
+        if self.db.is_none() {
+            if let Err(e) = self.reopen() {
+                self.db = None;
+                let e = match e {
+                    SpoolError::Write(e) | SpoolError::Open { source: e, .. } => e,
+                    other => sled::Error::Unsupported(other.to_string()),
+                };
+                let err = self.count_loss(e, n_events);
+                self.refresh_stats();
+                return Err(err);
+            }
+        }
+        // Sequence numbers of failed writes are not reused: the collector
+        // sees a gap, never two different batches under one number.
+        let seq = *self.next_seq.get(host).unwrap_or(&1);
+        self.next_seq.insert(host.to_string(), seq + 1);
+        let mut batch = pb::Batch {
             host_id: host.to_string(),
             sequence: seq,
             sealed_unix_ms,
             events,
-            dropped_events: self.unreported_drops,
+            dropped_events: 0,
             agent_version: agent_version.to_string(),
         };
-        let bytes = batch.encode_to_vec();
-        let size = bytes.len() as u64;
+        let size = batch.encoded_len() as u64 + 10;
         // Make room: drop the oldest batches (explicit, counted policy).
+        let mut evicted = sled::Batch::default();
         while self.bytes + size > self.max_bytes {
-            let Some(((h, s), (sz, ev))) = self.index.iter().next().map(|(k, v)| (k.clone(), *v))
-            else {
+            let Some(((h, s), st)) = self.index.pop_first() else {
                 break;
             };
-            let carried = self
-                .db
-                .get(batch_key(&h, s))
-                .ok()
-                .flatten()
-                .and_then(|v| pb::Batch::decode(v.as_ref()).ok())
-                .map(|b| b.dropped_events)
-                .unwrap_or(0);
-            let _ = self.db.remove(batch_key(&h, s));
-            self.index.remove(&(h.clone(), s));
-            self.bytes -= sz;
+            evicted.remove(batch_key(&h, s));
+            self.bytes -= st.bytes;
             self.stats.dropped_batches += 1;
-            self.stats.dropped_events += ev;
-            self.unreported_drops += ev + carried;
+            self.stats.dropped_events += st.events;
+            self.unreported_drops += st.events + st.carried;
             tracing::warn!(
                 host = %h,
                 seq = s,
-                events = ev,
+                events = st.events,
                 "spool full: dropped the oldest unacknowledged batch (reported to the collector in the next batch)"
             );
         }
         // The batch carries the drops known when it was sealed, including
         // those just made.
-        let batch = pb::Batch {
-            dropped_events: self.unreported_drops,
-            ..batch
-        };
+        batch.dropped_events = self.unreported_drops;
+        let carried = batch.dropped_events;
         let bytes = batch.encode_to_vec();
-        let mut tx = sled::Batch::default();
+        let mut tx = evicted;
         tx.insert(batch_key(host, seq), bytes.as_slice());
-        let mut sk = b"s/".to_vec();
-        sk.extend_from_slice(host.as_bytes());
-        tx.insert(sk, &(seq + 1).to_be_bytes());
+        tx.insert(seq_key(host), &(seq + 1).to_be_bytes());
         tx.insert(b"d".as_slice(), &0u64.to_be_bytes());
-        let res = self
-            .db
-            .apply_batch(tx)
-            .and_then(|_| self.db.flush().map(|_| ()));
+        let res = match &self.db {
+            Some(db) => db.apply_batch(tx).and_then(|_| db.flush().map(|_| ())),
+            None => Err(sled::Error::Unsupported("spool closed".into())),
+        };
         if let Err(e) = res {
-            self.stats.write_errors += 1;
-            self.stats.dropped_events += n_events;
-            self.unreported_drops += n_events;
-            let _ = self.db.remove(batch_key(host, seq));
-            return Err(SpoolError::Write(e));
+            return Err(self.write_failed(e, n_events));
         }
-        self.next_seq.insert(host.to_string(), seq + 1);
-        self.index
-            .insert((host.to_string(), seq), (bytes.len() as u64, n_events));
+        if self.lost_while_unwritable > 0 {
+            tracing::info!(
+                lost = self.lost_while_unwritable,
+                seq,
+                "spool writable again: events lost meanwhile are reported to the collector in this batch"
+            );
+            self.lost_while_unwritable = 0;
+        }
+        self.index.insert(
+            (host.to_string(), seq),
+            Stored {
+                bytes: bytes.len() as u64,
+                events: n_events,
+                carried,
+            },
+        );
         self.bytes += bytes.len() as u64;
         self.unreported_drops = 0;
         self.refresh_stats();
@@ -247,11 +391,14 @@ impl Spool {
     /// Unacknowledged batches of `host` with sequence > `after`, oldest
     /// first, at most `limit`.
     pub fn pending(&self, host: &str, after: u64, limit: usize) -> Vec<pb::Batch> {
+        let Some(db) = &self.db else {
+            return Vec::new();
+        };
         let start = batch_key(host, after.saturating_add(1));
         let end = batch_key(host, u64::MAX);
-        self.db
-            .range(start..=end)
+        db.range(start..=end)
             .filter_map(|kv| kv.ok())
+            .filter(|(k, _)| parse_batch_key(k).is_some_and(|key| self.index.contains_key(&key)))
             .filter_map(|(_, v)| pb::Batch::decode(v.as_ref()).ok())
             .take(limit)
             .collect()
@@ -284,12 +431,14 @@ impl Spool {
         let mut tx = sled::Batch::default();
         for (h, s) in &done {
             tx.remove(batch_key(h, *s));
-            if let Some((sz, _)) = self.index.remove(&(h.clone(), *s)) {
-                self.bytes -= sz;
+            if let Some(st) = self.index.remove(&(h.clone(), *s)) {
+                self.bytes -= st.bytes;
             }
         }
         if !done.is_empty() {
-            if let Err(e) = self.db.apply_batch(tx) {
+            // Without a database (unwritable) the entries are removed when
+            // it is reopened.
+            if let Some(Err(e)) = self.db.as_ref().map(|db| db.apply_batch(tx)) {
                 // Harmless: the batches are resent and deduplicated.
                 tracing::warn!("spool: could not release acknowledged batches: {e}");
             }
@@ -305,6 +454,11 @@ impl Spool {
     /// was lost or reset): renumber our unacknowledged batches after
     /// `known_through` so they are not mistaken for duplicates.
     pub fn resequence_after(&mut self, host: &str, known_through: u64) -> Result<(), SpoolError> {
+        let Some(db) = &self.db else {
+            return Err(SpoolError::Write(sled::Error::Unsupported(
+                "the spool cannot write at the moment".into(),
+            )));
+        };
         let pending = self.pending(host, 0, usize::MAX);
         let mut next = known_through + 1;
         let mut tx = sled::Batch::default();
@@ -312,22 +466,25 @@ impl Spool {
         for mut b in pending {
             let old = b.sequence;
             tx.remove(batch_key(host, old));
-            self.index.remove(&(host.to_string(), old));
             b.sequence = next;
             let bytes = b.encode_to_vec();
             new_index.push((
+                (host.to_string(), old),
                 (host.to_string(), next),
-                (bytes.len() as u64, b.events.len() as u64),
+                bytes.len() as u64,
             ));
             tx.insert(batch_key(host, next), bytes);
             next += 1;
         }
-        let mut sk = b"s/".to_vec();
-        sk.extend_from_slice(host.as_bytes());
-        tx.insert(sk, &next.to_be_bytes());
-        self.db.apply_batch(tx).map_err(SpoolError::Write)?;
-        self.db.flush().map_err(SpoolError::Write)?;
-        self.index.extend(new_index);
+        tx.insert(seq_key(host), &next.to_be_bytes());
+        db.apply_batch(tx).map_err(SpoolError::Write)?;
+        db.flush().map_err(SpoolError::Write)?;
+        for (old, new, len) in new_index {
+            if let Some(st) = self.index.remove(&old) {
+                self.bytes = self.bytes - st.bytes + len;
+                self.index.insert(new, Stored { bytes: len, ..st });
+            }
+        }
         self.next_seq.insert(host.to_string(), next);
         self.refresh_stats();
         Ok(())
