@@ -503,6 +503,17 @@ async fn run_async(cfg: AgentConfig, duration: Option<Duration>) -> anyhow::Resu
         if last_wd.elapsed() >= Duration::from_secs(2) {
             last_wd = Instant::now();
             if let Some(r) = watchdog.sample() {
+                if r.changed {
+                    // Upstream, not only in the log: a `host` event whose
+                    // labels carry the level and the reason.
+                    pending.push(crate::watchdog::shed_event(
+                        &host,
+                        &cfg.labels,
+                        &r,
+                        watchdog.transitions,
+                        crate::source::now(),
+                    ));
+                }
                 let l = match r.level {
                     ShedLevel::Normal => 0,
                     ShedLevel::NoCapture => 1,
@@ -517,7 +528,8 @@ async fn run_async(cfg: AgentConfig, duration: Option<Duration>) -> anyhow::Resu
                 Sink::Ship(s) => Some(s.stats()),
                 Sink::Output(_) => None,
             };
-            tracing::info!(events = total_events, shed = ?watchdog.level(), ?ship, "agent status");
+            let shed = watchdog.stats(Instant::now());
+            tracing::info!(events = total_events, ?shed, ?ship, "agent status");
         }
         if stopping {
             break;
