@@ -15,6 +15,9 @@ pub struct SourceStats {
     pub enrich_failed: u64,
     /// Sockets whose owning process could not be found (reported as pid 0).
     pub unattributed_sockets: u64,
+    /// Sockets never seen with an owner, attributed to the process that
+    /// closed them (Linux close tracepoint).
+    pub attributed_by_close: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 //! rest keeps working.
 
 pub mod capture;
+pub mod closers;
 pub mod connector;
 pub mod flows;
 pub mod inodes;
@@ -21,6 +22,7 @@ use outflow_core::Timestamp;
 use crate::config::AgentConfig;
 use crate::source::{ShedLevel, Source, SourceError, SourceStats};
 use capture::{Capture, CaptureOutput};
+use closers::{CloseTrace, Closers};
 use connector::{ProcConnector, ProcEvent};
 use flows::FlowTracker;
 use inodes::InodeMap;
@@ -42,6 +44,9 @@ pub struct LinuxSource {
     connector: Option<ProcConnector>,
     diag: Option<SockDiag>,
     destroy: Option<DestroyListener>,
+    /// Who closed each TCP connection (attributes sockets never dumped).
+    close_trace: Option<CloseTrace>,
+    closers: Closers,
     capture: Option<Capture>,
     capture_wanted: bool,
     count_udp: bool,
@@ -112,6 +117,16 @@ pub fn check_probes() -> Vec<ProbeReport> {
             .unwrap_or_else(|| "subscribed".into()),
         needs: "CAP_NET_ADMIN (else bytes of sockets closed between two samples are lost)",
     });
+    let ct = CloseTrace::open();
+    v.push(ProbeReport {
+        name: "close tracepoint (owner of short-lived sockets)",
+        ok: ct.is_ok(),
+        detail: ct
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "sock:inet_sock_set_state on every CPU".into()),
+        needs: "CAP_PERFMON and tracefs (else sockets closed between two samples are pid 0 / app unknown)",
+    });
     let pf = ProcFs::default();
     let mut ino = Vec::new();
     pf.socket_inodes(1, &mut ino);
@@ -167,6 +182,15 @@ impl LinuxSource {
                 None
             }
         };
+        let close_trace = match CloseTrace::open() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(
+                    "close tracepoint unavailable ({e}): grant CAP_PERFMON and mount tracefs; connections that open and close between two samples will be reported with pid 0"
+                );
+                None
+            }
+        };
         let mut s = LinuxSource {
             host: host.to_string(),
             labels: cfg.labels.clone(),
@@ -174,6 +198,8 @@ impl LinuxSource {
             connector,
             diag,
             destroy,
+            close_trace,
+            closers: Closers::default(),
             capture: None,
             capture_wanted: cfg.capture,
             count_udp: cfg.count_udp,
@@ -365,6 +391,19 @@ impl LinuxSource {
             return;
         };
         let mut destroyed: Vec<SockRecord> = Vec::new();
+        // Closes first: each precedes its socket's destroy notification.
+        if let Some(t) = self.close_trace.as_mut() {
+            let closers = &mut self.closers;
+            let lost = t.lost;
+            t.drain(&mut |c| closers.note(c));
+            if t.lost > lost {
+                self.stats.overruns += t.lost - lost;
+                tracing::warn!(
+                    lost = t.lost - lost,
+                    "close tracepoint ring overran: some short-lived sockets may be reported with pid 0"
+                );
+            }
+        }
         // First poll: dump before draining destroys (pre-existing sockets
         // become the baseline; see FlowTracker).
         if !self.first_poll {
@@ -411,6 +450,8 @@ impl LinuxSource {
             self.flows.observe(r, pid, false);
         }
         self.flows.end_dump();
+        // A destroy notification may be read a few polls after the close.
+        self.closers.end_poll(16);
         if self.first_poll {
             if let Some(d) = self.destroy.as_mut() {
                 // Everything destroyed so far belonged to the pre-start state.
@@ -427,10 +468,19 @@ impl LinuxSource {
             .filter(|p| *p != 0)
             .or_else(|| self.inodes.get(r.inode))
             .unwrap_or(0);
-        if pid == 0 && r.inode != 0 {
+        if pid != 0 {
+            return pid;
+        }
+        // Never seen with an owner (closed before any dump, or its process
+        // gone before the inode was resolved): whoever closed it.
+        if let Some(p) = self.closers.pid(r.local, r.remote) {
+            self.stats.attributed_by_close += 1;
+            return p;
+        }
+        if r.inode != 0 {
             self.stats.unattributed_sockets += 1;
         }
-        pid
+        0
     }
 
     fn sample_capture(&mut self, now: Timestamp, out: &mut Vec<Event>) {
