@@ -4,27 +4,31 @@
 //! in order) and an acker (answers in the same order once each batch is
 //! durable). Both are tied by a bounded queue of `stream_queue` batches: when
 //! commits or the engine fall behind, the reader stops reading and HTTP/2
-//! flow control pushes back on the agent. The committer writes every waiting
-//! batch of every stream, then makes them durable with one sled flush (group
-//! commit), then acknowledges them all.
+//! flow control pushes back on the agent. The committer appends every waiting
+//! batch of every stream to the batch log as received (the prost bytes, not
+//! re-encoded), a flusher makes them durable with one `fdatasync` (group
+//! commit) and acknowledges them all, and only then are they indexed in sled
+//! and handed to the engines, off the acknowledgement path.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use outflow_core::shard::ShardMap;
 use outflow_core::Event;
 use outflow_pki::Role;
 use outflow_proto::pb;
-use outflow_proto::pb::ingest_server::Ingest;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::{Metrics, RejectReason};
-use crate::store::{NewBatch, Store, StoreError};
+use crate::store::{IndexEntry, NewBatch, Store, StoreError};
 
 /// What the engine task receives from ingest.
 pub struct DurableBatch {
@@ -38,7 +42,7 @@ pub struct CommitRequest {
     pub arrival_ms: i64,
     pub min_ts: i64,
     pub max_ts: i64,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     pub events: Vec<Event>,
     pub dropped: u64,
     pub reply: oneshot::Sender<Result<bool, String>>,
@@ -80,14 +84,12 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-#[tonic::async_trait]
-impl Ingest for IngestService {
-    type StreamStream = ReceiverStream<Result<pb::IngestReply, Status>>;
-
-    async fn stream(
+impl IngestService {
+    /// One agent stream (`outflow.v1.Ingest/Stream`).
+    pub async fn stream(
         &self,
-        request: Request<Streaming<pb::Batch>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+        request: Request<Streaming<RawBatch>>,
+    ) -> Result<Response<ReceiverStream<Result<pb::IngestReply, Status>>>, Status> {
         let metrics = self.metrics.clone();
         let peer = outflow_pki::peer_identity(&request).inspect_err(|_| {
             metrics.reject(RejectReason::Unauthenticated);
@@ -117,10 +119,15 @@ impl Ingest for IngestService {
         tokio::spawn(async move {
             let _permit = permit;
             loop {
-                let batch = match inbound.message().await {
+                let RawBatch { bytes, batch } = match inbound.message().await {
                     Ok(Some(b)) => b,
                     Ok(None) => break,
                     Err(s) => {
+                        if s.message().starts_with(UNDECODABLE) {
+                            m.reject(RejectReason::Malformed);
+                            let _ = pending_tx.send(Pending::Error(s)).await;
+                            break;
+                        }
                         let too_big = s.message().contains("too large");
                         if too_big {
                             m.reject(RejectReason::TooLarge);
@@ -151,7 +158,6 @@ impl Ingest for IngestService {
                         break;
                     }
                 }
-                let bytes = batch.encode_to_vec();
                 let host = batch.host_id.clone();
                 let sequence = batch.sequence;
                 let dropped = batch.dropped_events;
@@ -249,6 +255,129 @@ impl Ingest for IngestService {
     }
 }
 
+const UNDECODABLE: &str = "batch does not decode";
+
+/// A batch as received: its prost bytes (stored in the batch log as they
+/// are, a reference-counted slice of the receive buffer) and the decoded
+/// message.
+pub struct RawBatch {
+    pub bytes: Bytes,
+    pub batch: pb::Batch,
+}
+
+/// The ingest codec: decodes `Batch` and keeps its bytes; encodes replies
+/// with prost.
+#[derive(Clone, Copy, Default)]
+pub struct IngestCodec;
+
+pub struct ReplyEncoder;
+pub struct RawBatchDecoder;
+
+impl Codec for IngestCodec {
+    type Encode = pb::IngestReply;
+    type Decode = RawBatch;
+    type Encoder = ReplyEncoder;
+    type Decoder = RawBatchDecoder;
+    fn encoder(&mut self) -> ReplyEncoder {
+        ReplyEncoder
+    }
+    fn decoder(&mut self) -> RawBatchDecoder {
+        RawBatchDecoder
+    }
+}
+
+impl Encoder for ReplyEncoder {
+    type Item = pb::IngestReply;
+    type Error = Status;
+    fn encode(&mut self, item: pb::IngestReply, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("encoding a reply: {e}")))
+    }
+}
+
+impl Decoder for RawBatchDecoder {
+    type Item = RawBatch;
+    type Error = Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<RawBatch>, Status> {
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        let batch = pb::Batch::decode(bytes.clone())
+            .map_err(|e| Status::invalid_argument(format!("{UNDECODABLE}: {e}")))?;
+        Ok(Some(RawBatch { bytes, batch }))
+    }
+}
+
+/// The `outflow.v1.Ingest` gRPC service (wire-compatible with the generated
+/// `IngestServer`, which would decode a `Batch` we then re-encode to store).
+#[derive(Clone)]
+pub struct IngestServer {
+    inner: Arc<IngestService>,
+    max_decoding_message_size: usize,
+}
+
+impl IngestServer {
+    pub fn new(svc: IngestService, max_decoding_message_size: usize) -> Self {
+        IngestServer {
+            inner: Arc::new(svc),
+            max_decoding_message_size,
+        }
+    }
+}
+
+impl tonic::server::NamedService for IngestServer {
+    const NAME: &'static str = "outflow.v1.Ingest";
+}
+
+struct StreamMethod(Arc<IngestService>);
+
+impl tonic::server::StreamingService<RawBatch> for StreamMethod {
+    type Response = pb::IngestReply;
+    type ResponseStream = ReceiverStream<Result<pb::IngestReply, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+    fn call(&mut self, request: Request<Streaming<RawBatch>>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.stream(request).await })
+    }
+}
+
+impl<B> Service<http::Request<B>> for IngestServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let max = self.max_decoding_message_size;
+        if req.uri().path() != "/outflow.v1.Ingest/Stream" {
+            return Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let h = response.headers_mut();
+                h.insert(
+                    Status::GRPC_STATUS,
+                    (tonic::Code::Unimplemented as i32).into(),
+                );
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(response)
+            });
+        }
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(IngestCodec)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.streaming(StreamMethod(inner), req).await)
+        })
+    }
+}
+
 /// Checks one batch against the peer's identity, the limits and the shard
 /// map. `Ok(Some(redirect))` when another collector owns the host.
 fn check_batch(
@@ -308,11 +437,13 @@ fn check_batch(
     Ok(None)
 }
 
-/// The group committer: the only writer of the batch log. Two stages: this
-/// loop decides duplicates and appends groups to sled; a flusher stage makes
-/// everything appended so far durable with one flush and only then
-/// acknowledges. While one flush runs, the next groups are appended, so the
-/// fsync latency does not serialise ingest.
+/// The group committer: the only writer of the batch log. Stages: this loop
+/// decides duplicates and appends groups to the log; a flusher makes
+/// everything appended so far durable with one `fdatasync` and only then
+/// acknowledges; an indexer then records the durable batches in sled
+/// (evidence index, high-water marks) while the engines get their events.
+/// While one sync runs, the next groups are appended, so the sync latency
+/// does not serialise ingest.
 pub async fn run_committer(
     store: Store,
     mut rx: mpsc::Receiver<CommitRequest>,
@@ -323,10 +454,13 @@ pub async fn run_committer(
     max_group: usize,
 ) {
     let (flush_tx, flush_rx) = mpsc::channel::<FlushJob>(64);
+    let (index_tx, index_rx) = mpsc::channel::<Vec<IndexEntry>>(64);
+    let indexer = tokio::spawn(run_indexer(store.clone(), index_rx));
     let flusher = tokio::spawn(run_flusher(
         store.clone(),
         flush_rx,
         engines,
+        index_tx,
         metrics.clone(),
     ));
     while let Some(first) = rx.recv().await {
@@ -373,10 +507,25 @@ pub async fn run_committer(
             }
         }
         let appended = if fresh.is_empty() {
-            Ok(())
+            Ok(Vec::new())
         } else {
             let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.append(&fresh)).await {
+            match tokio::task::spawn_blocking(move || {
+                let idxs = store.append(&fresh)?;
+                Ok(fresh
+                    .into_iter()
+                    .zip(idxs)
+                    .map(|(b, idx)| IndexEntry {
+                        idx,
+                        host: b.host,
+                        sequence: b.sequence,
+                        min_ts: b.min_ts,
+                        max_ts: b.max_ts,
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => Err(StoreError::Corrupt {
                     key: "append".into(),
@@ -385,8 +534,9 @@ pub async fn run_committer(
             }
         };
         match appended {
-            Ok(()) => {
-                if flush_tx.send(FlushJob { group, dup }).await.is_err() {
+            Ok(index) => {
+                if flush_tx.send(FlushJob { group, dup, index }).await.is_err() {
+                    tracing::error!("the batch log cannot be made durable; ingest stopped (restart the collector)");
                     break;
                 }
             }
@@ -411,17 +561,20 @@ pub async fn run_committer(
     }
     drop(flush_tx);
     let _ = flusher.await;
+    let _ = indexer.await;
 }
 
 struct FlushJob {
     group: Vec<CommitRequest>,
     dup: Vec<bool>,
+    index: Vec<IndexEntry>,
 }
 
 async fn run_flusher(
     store: Store,
     mut rx: mpsc::Receiver<FlushJob>,
     engines: crate::pipeline::EngineShards,
+    index_tx: mpsc::Sender<Vec<IndexEntry>>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -429,45 +582,84 @@ async fn run_flusher(
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
         }
-        // One flush covers every group appended before it started.
-        let result = store.flush().await;
-        if result.is_ok() {
-            metrics.group_commits.fetch_add(1, Ordering::Relaxed);
-        } else if let Err(e) = &result {
-            tracing::error!(error = %e, "sled flush failed; batches not acknowledged");
-        }
-        let mut to_engine = Vec::new();
-        for job in jobs {
-            for (r, is_dup) in job.group.into_iter().zip(job.dup) {
-                match &result {
-                    Ok(()) => {
-                        if is_dup {
-                            metrics.duplicate_batches.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            metrics.batches.fetch_add(1, Ordering::Relaxed);
-                            metrics
-                                .samples
-                                .fetch_add(r.events.len() as u64, Ordering::Relaxed);
-                            metrics
-                                .agent_dropped_events
-                                .fetch_add(r.dropped, Ordering::Relaxed);
-                        }
-                        let _ = r.reply.send(Ok(is_dup));
-                        if !is_dup {
-                            to_engine.push((r.host, r.events));
-                        }
-                    }
-                    Err(e) => {
-                        let _ = r.reply.send(Err(e.to_string()));
-                    }
+        // One fdatasync covers every group appended before it started.
+        let s = store.clone();
+        let result = match tokio::task::spawn_blocking(move || s.sync_log()).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Corrupt {
+                key: "sync".into(),
+                reason: e.to_string(),
+            }),
+        };
+        if let Err(e) = &result {
+            // After a failed fdatasync the kernel may have dropped the dirty
+            // pages: nothing written since the last good sync can be trusted
+            // to be durable, and the committer's dedup marks already count
+            // it. Refuse everything and stop; a restart rereads the log.
+            tracing::error!(error = %e, "batch log sync failed; batches not acknowledged, ingest stops (restart the collector)");
+            for job in jobs {
+                for r in job.group {
+                    let _ = r.reply.send(Err(e.to_string()));
                 }
             }
+            rx.close();
+            while let Some(job) = rx.recv().await {
+                for r in job.group {
+                    let _ = r.reply.send(Err(e.to_string()));
+                }
+            }
+            return;
+        }
+        metrics.group_commits.fetch_add(1, Ordering::Relaxed);
+        let mut to_engine = Vec::new();
+        let mut index = Vec::new();
+        for job in jobs {
+            index.extend(job.index);
+            for (r, is_dup) in job.group.into_iter().zip(job.dup) {
+                if is_dup {
+                    metrics.duplicate_batches.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    metrics.batches.fetch_add(1, Ordering::Relaxed);
+                    metrics
+                        .samples
+                        .fetch_add(r.events.len() as u64, Ordering::Relaxed);
+                    metrics
+                        .agent_dropped_events
+                        .fetch_add(r.dropped, Ordering::Relaxed);
+                }
+                let _ = r.reply.send(Ok(is_dup));
+                if !is_dup {
+                    to_engine.push((r.host, r.events));
+                }
+            }
+        }
+        if !index.is_empty() {
+            let _ = index_tx.send(index).await;
         }
         for (host, events) in to_engine {
             metrics.engine_queue.fetch_add(1, Ordering::Relaxed);
             if engines.send(&host, DurableBatch { events }).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// Records durable batches in sled (evidence index, high-water marks), off
+/// the acknowledgement path; the log replay on start repairs what a crash
+/// left out.
+async fn run_indexer(store: Store, mut rx: mpsc::Receiver<Vec<IndexEntry>>) {
+    while let Some(mut entries) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            entries.extend(more);
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.index(&entries)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot index durable batches (evidence); the next start re-indexes them")
+            }
+            Err(e) => tracing::error!(error = %e, "index task failed"),
         }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! agents ─mTLS─▶ ingest (per-stream bounded queues)
-//!                  └▶ group committer ─sled log (source of truth)─▶ engine task
+//!                  └▶ group committer ─batch log (source of truth)─▶ engine tasks
+//!                                          └▶ sled index (evidence, dedup marks)
 //!                                                                  ├▶ alerts ─▶ outboxes ─▶ OTLP / file / aggregator
 //!                       aggregator ◀── partials (epoch) ───────────┤
 //!                       aggregator ──▶ feed (baseline, shard map, policy)
@@ -16,6 +17,7 @@
 //! [`run_collector`] runs one until a shutdown future completes.
 
 pub mod api;
+pub mod batchlog;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -100,6 +102,7 @@ impl RunningCollector {
             t.abort();
             let _ = t.await;
         }
+        let _ = self.store.sync_log();
         let _ = self.store.flush().await;
     }
 }
@@ -453,8 +456,7 @@ pub async fn start(
     };
     let server = {
         let mut sd = shutdown_rx.clone();
-        let svc = outflow_proto::pb::ingest_server::IngestServer::new(svc)
-            .max_decoding_message_size(cfg.max_message_bytes);
+        let svc = ingest::IngestServer::new(svc, cfg.max_message_bytes);
         let router = tonic::transport::Server::builder()
             .tls_config(server_tls)
             .context("ingest TLS")?

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::fleet::FeedView;
 use crate::ingest::DurableBatch;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{IndexEntry, Store, StoreError};
 
 /// Messages to an engine task besides batches.
 pub enum Control {
@@ -122,7 +122,8 @@ impl AlertRaiser {
 }
 
 /// Rebuilds the engine from the batch log; returns the highest sequence per
-/// host found in the log (to repair high-water marks).
+/// host found in the log (to repair high-water marks), and indexes the
+/// batches a crash kept out of the sled index.
 pub fn replay(
     engines: &mut [Engine],
     store: &Store,
@@ -131,8 +132,22 @@ pub fn replay(
 ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
     let mut seen = std::collections::HashMap::new();
     let mut n = 0u64;
+    let indexed = store.indexed_through()?;
+    let mut to_index = Vec::new();
     for sb in store.iter_log() {
         let sb = sb?;
+        if indexed.is_none_or(|i| sb.idx > i) {
+            to_index.push(IndexEntry {
+                idx: sb.idx,
+                host: sb.batch.host_id.clone(),
+                sequence: sb.batch.sequence,
+                min_ts: sb.min_ts,
+                max_ts: sb.max_ts,
+            });
+            if to_index.len() >= 4096 {
+                store.index(&std::mem::take(&mut to_index))?;
+            }
+        }
         let host = sb.batch.host_id.clone();
         let seq = sb.batch.sequence;
         let e = seen.entry(host.clone()).or_insert(0u64);
@@ -156,6 +171,9 @@ pub fn replay(
         if n.is_multiple_of(1024) {
             raiser.raise(engine.drain_alerts())?;
         }
+    }
+    if !to_index.is_empty() {
+        store.index(&to_index)?;
     }
     for engine in engines.iter_mut() {
         raiser.raise(engine.drain_alerts())?;

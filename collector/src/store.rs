@@ -1,14 +1,13 @@
-//! The collector's durable state in sled.
+//! The collector's storage: the batch log (append-only segment files, see
+//! [`crate::batchlog`]) is the source of truth for received telemetry; sled
+//! holds the indexed state, in three trees with prefixed keys:
 //!
-//! The batch log is the source of truth: every acknowledged batch is in it
-//! (kept for the retention period), and the engine is rebuilt on start by
-//! replaying it in arrival order. Two sled trees, each written with atomic
-//! `apply_batch` so a crash never separates related keys:
-//!
-//! * `ingest`: `L<idx>` → a batch (arrival time, event-time span, the prost
-//!   `Batch` bytes); `H<host>` → the highest sequence accepted for the host
-//!   (dedup, survives restarts); `I<host>\0<max_ts><idx>` → `<min_ts>`, an
-//!   index for evidence by host and time.
+//! * `ingest`: `H<host>` → the highest sequence accepted for the host (dedup,
+//!   survives restarts and log compaction); `I<host>\0<max_ts><idx>` →
+//!   `<min_ts>`, an index for evidence by host and time; `W` → the log
+//!   position indexed so far. These are written after the batches are
+//!   durable in the log, off the acknowledgement path, and repaired from the
+//!   log on start.
 //! * `alerts`: `A<id>` → the alert JSON (dedup by stable id, evidence);
 //!   `T<window_end><id>` (for compaction); `O<sink>\0<idx>` → alert JSON, one
 //!   durable outbox per sink, deleted only after a confirmed delivery.
@@ -17,8 +16,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use outflow_proto::pb;
 use prost::Message;
+
+use crate::batchlog::{BatchLog, LogEntry, LogError, LogRecord};
+
+/// Segment size of the batch log.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +32,8 @@ pub enum StoreError {
     Open { path: String, source: sled::Error },
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -41,8 +48,24 @@ pub struct StoredBatch {
     pub batch: pb::Batch,
 }
 
+impl StoredBatch {
+    fn decode(r: LogRecord) -> Result<StoredBatch, StoreError> {
+        let batch = pb::Batch::decode(r.bytes.as_slice()).map_err(|e| StoreError::Corrupt {
+            key: format!("log {}", r.idx),
+            reason: e.to_string(),
+        })?;
+        Ok(StoredBatch {
+            idx: r.idx,
+            arrival_ms: r.arrival_ms,
+            min_ts: r.min_ts,
+            max_ts: r.max_ts,
+            batch,
+        })
+    }
+}
+
 /// A batch to append: its host and sequence, the event-time span and the
-/// encoded prost bytes.
+/// encoded prost bytes (as received: no copy, no re-encoding).
 #[derive(Debug, Clone)]
 pub struct NewBatch {
     pub host: String,
@@ -50,12 +73,23 @@ pub struct NewBatch {
     pub arrival_ms: i64,
     pub min_ts: i64,
     pub max_ts: i64,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
+}
+
+/// What the index keeps of a durable batch.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub idx: u64,
+    pub host: String,
+    pub sequence: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
 }
 
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    log: BatchLog,
     ingest: sled::Tree,
     alerts: sled::Tree,
     meta: sled::Tree,
@@ -79,13 +113,6 @@ fn read_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
 }
 
-fn log_key(idx: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(b'L');
-    k.extend_from_slice(&be(idx));
-    k
-}
-
 fn hwm_key(host: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + host.len());
     k.push(b'H');
@@ -103,6 +130,8 @@ fn index_key(host: &str, max_ts: i64, idx: u64) -> Vec<u8> {
     k
 }
 
+const INDEXED_KEY: &[u8] = b"W";
+
 fn outbox_prefix(sink: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + sink.len());
     k.push(b'O');
@@ -112,38 +141,54 @@ fn outbox_prefix(sink: &str) -> Vec<u8> {
 }
 
 impl Store {
+    /// Opens the store in `path`: sled there, the batch log in
+    /// `path/batches` (a torn tail is truncated, with a log line).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SEGMENT_BYTES)
+    }
+
+    /// [`open`](Self::open) with a given log segment size (tests).
+    pub fn open_with(path: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(64 << 20)
-            // Durability is explicit: every group commit and outbox removal
-            // flushes. sled's own periodic flush would only compete with it.
-            .flush_every_ms(None)
+            // The batch log makes batches durable; sled's state (index,
+            // marks) is repaired from the log on start, so a lazy periodic
+            // flush is enough for it. Outboxes flush explicitly.
+            .flush_every_ms(Some(1000))
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.display().to_string(),
                 source,
             })?;
+        let log = BatchLog::open(&path.join("batches"), segment_bytes)?;
         Ok(Store {
             ingest: db.open_tree("ingest")?,
             alerts: db.open_tree("alerts")?,
             meta: db.open_tree("meta")?,
+            log,
             db,
         })
     }
 
-    /// Makes everything written so far durable (one fsync for all writers:
-    /// the group commit).
+    /// Makes sled's state durable (outboxes, alerts, index).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
     }
 
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+    /// Makes every batch appended so far durable: one `fdatasync` for all
+    /// writers (the group commit). Blocking.
+    pub fn sync_log(&self) -> Result<(), StoreError> {
+        Ok(self.log.sync()?)
     }
 
-    /// The highest accepted sequence of every host.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0) + self.log.size_on_disk()
+    }
+
+    /// The highest accepted sequence of every host, as indexed (the log
+    /// replay adds what the index has not caught up with).
     pub fn load_high_water(&self) -> Result<HashMap<String, u64>, StoreError> {
         let mut out = HashMap::new();
         for kv in self.ingest.scan_prefix(b"H") {
@@ -158,63 +203,65 @@ impl Store {
         Ok(out)
     }
 
-    /// Appends batches (not yet durable: call [`flush`](Self::flush)). Each
-    /// batch and its host's new high-water mark are written atomically.
-    pub fn append(&self, batches: &[NewBatch]) -> Result<(), StoreError> {
+    /// Appends batches to the log (not yet durable: call
+    /// [`sync_log`](Self::sync_log)); returns their positions. Blocking.
+    pub fn append(&self, batches: &[NewBatch]) -> Result<Vec<u64>, StoreError> {
+        let entries: Vec<LogEntry<'_>> = batches
+            .iter()
+            .map(|b| LogEntry {
+                host: &b.host,
+                sequence: b.sequence,
+                arrival_ms: b.arrival_ms,
+                min_ts: b.min_ts,
+                max_ts: b.max_ts,
+                bytes: &b.bytes,
+            })
+            .collect();
+        Ok(self.log.append(&entries)?)
+    }
+
+    /// Records durable batches in the index: evidence entries, the hosts'
+    /// high-water marks and the indexed position, atomically. Only ever
+    /// called for batches already durable in the log.
+    pub fn index(&self, entries: &[IndexEntry]) -> Result<(), StoreError> {
         let mut wb = sled::Batch::default();
         let mut hwm: HashMap<&str, u64> = HashMap::new();
-        for b in batches {
-            let idx = self.db.generate_id()?;
-            let mut v = Vec::with_capacity(24 + b.bytes.len());
-            v.extend_from_slice(&b.arrival_ms.to_be_bytes());
-            v.extend_from_slice(&b.min_ts.to_be_bytes());
-            v.extend_from_slice(&b.max_ts.to_be_bytes());
-            v.extend_from_slice(&b.bytes);
-            wb.insert(log_key(idx), v);
+        let mut top = None;
+        for e in entries {
             wb.insert(
-                index_key(&b.host, b.max_ts, idx),
-                ord_i64(b.min_ts).to_vec(),
+                index_key(&e.host, e.max_ts, e.idx),
+                ord_i64(e.min_ts).to_vec(),
             );
-            let e = hwm.entry(b.host.as_str()).or_insert(0);
-            *e = (*e).max(b.sequence);
+            let h = hwm.entry(e.host.as_str()).or_insert(0);
+            *h = (*h).max(e.sequence);
+            top = top.max(Some(e.idx));
         }
         for (host, seq) in hwm {
             wb.insert(hwm_key(host), be(seq).to_vec());
+        }
+        if let Some(t) = top {
+            if Some(t) > self.indexed_through()? {
+                wb.insert(INDEXED_KEY, be(t).to_vec());
+            }
         }
         self.ingest.apply_batch(wb)?;
         Ok(())
     }
 
-    fn decode_log(k: &[u8], v: &[u8]) -> Result<StoredBatch, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            key: format!("L{:?}", read_u64(&k[1..])),
-            reason,
-        };
-        let idx = read_u64(&k[1..]).ok_or_else(|| corrupt("short key".into()))?;
-        if v.len() < 24 {
-            return Err(corrupt("short value".into()));
-        }
-        let num = |r: std::ops::Range<usize>| i64::from_be_bytes(v[r].try_into().unwrap_or([0; 8]));
-        let batch = pb::Batch::decode(&v[24..]).map_err(|e| corrupt(e.to_string()))?;
-        Ok(StoredBatch {
-            idx,
-            arrival_ms: num(0..8),
-            min_ts: num(8..16),
-            max_ts: num(16..24),
-            batch,
-        })
+    /// The highest log position recorded in the index.
+    pub fn indexed_through(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.ingest.get(INDEXED_KEY)?.as_deref().and_then(read_u64))
     }
 
     /// Every stored batch in arrival order (replay on start).
     pub fn iter_log(&self) -> impl Iterator<Item = Result<StoredBatch, StoreError>> + '_ {
-        self.ingest.scan_prefix(b"L").map(|kv| {
-            let (k, v) = kv?;
-            Self::decode_log(&k, &v)
-        })
+        self.log
+            .iter()
+            .map(|r| r.map_err(StoreError::from).and_then(StoredBatch::decode))
     }
 
     pub fn log_len(&self) -> usize {
-        self.ingest.scan_prefix(b"L").count()
+        self.log.iter().count()
     }
 
     /// The batches of `host` whose events may fall in `[start, end]`
@@ -242,30 +289,34 @@ impl Store {
             let Some(idx) = read_u64(&k[k.len() - 8..]) else {
                 continue;
             };
-            if let Some(v) = self.ingest.get(log_key(idx))? {
-                out.push(Self::decode_log(&log_key(idx), &v)?);
+            if let Some(r) = self.log.read(idx)? {
+                out.push(StoredBatch::decode(r)?);
             }
         }
         Ok(out)
     }
 
-    /// Deletes batches that arrived before `cutoff_ms` and alerts whose
-    /// window ended before `cutoff_us`. High-water marks stay (dedup).
-    /// Returns (batches, alerts) removed.
+    /// Deletes log segments whose batches all arrived before `cutoff_ms`
+    /// and alerts whose window ended before `cutoff_us`. High-water marks
+    /// stay (dedup): the index covering a segment is made durable before
+    /// the segment goes. Returns (batches, alerts) removed.
     pub fn compact(&self, cutoff_ms: i64, cutoff_us: i64) -> Result<(u64, u64), StoreError> {
-        let mut wb = sled::Batch::default();
         let mut batches = 0;
-        for kv in self.ingest.scan_prefix(b"L") {
-            let (k, v) = kv?;
-            let sb = Self::decode_log(&k, &v)?;
-            if sb.arrival_ms >= cutoff_ms {
-                break;
+        let indexed = self.indexed_through()?;
+        if let (Some(end), Some(indexed)) = (self.log.expired_before(cutoff_ms), indexed) {
+            if indexed >= end.saturating_sub(1) {
+                let mut wb = sled::Batch::default();
+                for kv in self.ingest.scan_prefix(b"I") {
+                    let (k, _) = kv?;
+                    if read_u64(&k[k.len() - 8..]).is_some_and(|i| i < end) {
+                        wb.remove(k);
+                    }
+                }
+                self.ingest.apply_batch(wb)?;
+                self.db.flush()?;
+                batches = self.log.remove_before(end)?;
             }
-            wb.remove(k);
-            wb.remove(index_key(&sb.batch.host_id, sb.max_ts, sb.idx));
-            batches += 1;
         }
-        self.ingest.apply_batch(wb)?;
         let mut wb = sled::Batch::default();
         let mut alerts = 0;
         let mut to = vec![b'T'];
@@ -385,20 +436,39 @@ mod tests {
             arrival_ms,
             min_ts: ts,
             max_ts: ts + 1_000_000,
-            bytes: b.encode_to_vec(),
+            bytes: b.encode_to_vec().into(),
         }
+    }
+
+    /// Appends, makes durable, then indexes (what ingest does).
+    fn commit(s: &Store, batches: &[NewBatch]) {
+        let idxs = s.append(batches).unwrap();
+        s.sync_log().unwrap();
+        let entries: Vec<IndexEntry> = batches
+            .iter()
+            .zip(idxs)
+            .map(|(b, idx)| IndexEntry {
+                idx,
+                host: b.host.clone(),
+                sequence: b.sequence,
+                min_ts: b.min_ts,
+                max_ts: b.max_ts,
+            })
+            .collect();
+        s.index(&entries).unwrap();
     }
 
     #[tokio::test]
     async fn log_high_water_and_index_survive_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(tmp.path()).unwrap();
-            s.append(&[nb("a", 1, 10, 0), nb("b", 1, 11, 0)]).unwrap();
-            s.append(&[nb("a", 2, 12, 60_000_000)]).unwrap();
+            // One-byte segments: each group of appends starts a segment.
+            let s = Store::open_with(tmp.path(), 1).unwrap();
+            commit(&s, &[nb("a", 1, 10, 0), nb("b", 1, 11, 0)]);
+            commit(&s, &[nb("a", 2, 12, 60_000_000)]);
             s.flush().await.unwrap();
         }
-        let s = Store::open(tmp.path()).unwrap();
+        let s = Store::open_with(tmp.path(), 1).unwrap();
         let hwm = s.load_high_water().unwrap();
         assert_eq!(hwm.get("a"), Some(&2));
         assert_eq!(hwm.get("b"), Some(&1));
@@ -417,7 +487,8 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].batch.sequence, 2);
         assert!(s.batches_of_host("c", 0, i64::MAX).unwrap().is_empty());
-        // Compaction removes old batches, keeps the high-water marks.
+        // Compaction removes whole old segments, keeps the high-water marks.
+        assert_eq!(s.compact(11, 0).unwrap().0, 0);
         let (b, _) = s.compact(12, 0).unwrap();
         assert_eq!(b, 2);
         assert_eq!(s.log_len(), 1);
