@@ -55,6 +55,8 @@ pub struct EngineStats {
 #[derive(Debug)]
 struct ProcMeta {
     app: Arc<str>,
+    /// The interned id of `app` (keys the host's per-app days).
+    app_id: u32,
     pid: u32,
     start: Timestamp,
     ppid: Option<u32>,
@@ -117,8 +119,9 @@ struct HostState {
     dns: Map<IpAddr, Arc<str>>,
     dns_order: VecDeque<IpAddr>,
     /// What the host did per (app, day) within the horizon.
-    app_days: Map<(Arc<str>, i64), HostAppDay>,
-    apps_seen: std::collections::HashSet<Arc<str>>,
+    /// Keyed by interned app id (see `Engine::intern_app`).
+    app_days: Map<(u32, i64), HostAppDay>,
+    apps_seen: std::collections::HashSet<u32, foldhash::fast::RandomState>,
     /// Earliest instant at which some open window may close.
     next_close: Timestamp,
 }
@@ -162,9 +165,20 @@ pub struct Engine {
     cfg: EngineConfig,
     catalogue: Catalogue,
     policy: Policy,
-    hosts: Map<Arc<str>, HostState>,
-    apps: Map<String, Arc<str>>,
+    /// Hosts by name → index into `hosts` (hosts are never removed).
+    host_ids: Map<Arc<str>, u32>,
+    hosts: Vec<HostState>,
+    /// Interned app names → (id, name); ids index `app_names`.
+    apps: Map<Box<str>, (u32, Arc<str>)>,
+    /// The app of records whose pid has no known start: its own `Arc`
+    /// (a process really named `unknown` is interned separately), the same id.
     unknown_app: Arc<str>,
+    unknown_app_id: u32,
+    /// Reused buffers: closed windows and still-open pids of a close pass,
+    /// destination lists of windows.
+    scratch_closed: Vec<ClosedWindow>,
+    scratch_open: Vec<u32>,
+    dest_pool: Vec<Vec<DestAcc>>,
     other: Arc<str>,
     /// Destination names as seen → (normalised name, service), bounded.
     names: Map<Box<str>, (Arc<str>, Arc<str>)>,
@@ -184,13 +198,20 @@ pub struct Engine {
 impl Engine {
     pub fn new(cfg: EngineConfig, policy: Policy) -> Self {
         let catalogue = catalogue_with(&policy);
+        let mut apps: Map<Box<str>, (u32, Arc<str>)> = Map::default();
+        apps.insert(Box::from(UNKNOWN_APP), (0, Arc::from(UNKNOWN_APP)));
         Engine {
             cfg,
             catalogue,
             policy,
-            hosts: Map::default(),
-            apps: Map::default(),
+            host_ids: Map::default(),
+            hosts: Vec::new(),
+            apps,
             unknown_app: Arc::from(UNKNOWN_APP),
+            unknown_app_id: 0,
+            scratch_closed: Vec::new(),
+            scratch_open: Vec::new(),
+            dest_pool: Vec::new(),
             other: Arc::from(OTHER),
             names: Map::default(),
             local: FleetBaseline::new(),
@@ -254,7 +275,7 @@ impl Engine {
         s.hosts = self.hosts.len() as u64;
         s.live_processes = self
             .hosts
-            .values()
+            .iter()
             .map(|h| h.procs.values().map(Vec::len).sum::<usize>() as u64)
             .sum();
         s
@@ -296,13 +317,27 @@ impl Engine {
         (norm, service)
     }
 
-    fn intern_app(&mut self, app: &str) -> Arc<str> {
+    /// The app's interned (id, name): one id per distinct name.
+    fn intern_app(&mut self, app: &str) -> (u32, Arc<str>) {
         if let Some(a) = self.apps.get(app) {
             return a.clone();
         }
+        let id = u32::try_from(self.apps.len()).unwrap_or(u32::MAX);
         let a: Arc<str> = Arc::from(app);
-        self.apps.insert(app.to_string(), a.clone());
-        a
+        self.apps.insert(Box::from(app), (id, a.clone()));
+        (id, a)
+    }
+
+    /// The host's index, created on first sight.
+    fn host_index(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.host_ids.get(name) {
+            return i as usize;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let i = self.hosts.len();
+        self.hosts.push(HostState::new(name.clone()));
+        self.host_ids.insert(name, i as u32);
+        i
     }
 
     pub fn ingest(&mut self, event: &Event) {
@@ -318,54 +353,38 @@ impl Engine {
                 self.prune(day);
             }
         }
-        let host_name = event.host();
-        if !self.hosts.contains_key(host_name) {
-            let name: Arc<str> = Arc::from(host_name);
-            self.hosts.insert(name.clone(), HostState::new(name));
-        }
+        let hid = self.host_index(event.host());
         match event {
             Event::Host(_) => {}
-            Event::ProcessStart(p) => self.on_process_start(p),
-            Event::ProcessEnd(p) => self.on_process_end(p),
-            Event::Net(n) => self.on_net(n),
-            Event::Dns(d) => self.on_dns(d),
+            Event::ProcessStart(p) => self.on_process_start(hid, p),
+            Event::ProcessEnd(p) => self.on_process_end(hid, p),
+            Event::Net(n) => self.on_net(hid, n),
+            Event::Dns(d) => self.on_dns(hid, d),
         }
         // Close what the host's event time has moved past.
-        let close_due = self
-            .hosts
-            .get_mut(host_name)
-            .map(|h| {
-                if ts > h.max_ts {
-                    h.max_ts = ts;
-                }
-                h.first_day = h.first_day.min(ts.day());
-                h.max_ts.saturating_sub_us(self.cfg.lateness_us()) >= h.next_close
-            })
-            .unwrap_or(false);
-        if close_due {
-            let wm = self
-                .hosts
-                .get(host_name)
-                .map(|h| h.max_ts.saturating_sub_us(self.cfg.lateness_us()))
-                .unwrap_or(Timestamp::MIN);
-            self.close_host_windows(host_name, wm);
+        let lateness = self.cfg.lateness_us();
+        let h = &mut self.hosts[hid];
+        if ts > h.max_ts {
+            h.max_ts = ts;
+        }
+        h.first_day = h.first_day.min(ts.day());
+        let wm = h.max_ts.saturating_sub_us(lateness);
+        if wm >= h.next_close {
+            self.close_host_windows(hid, wm);
         }
     }
 
     /// Closes every window (all hosts) that ends at or before `watermark`:
     /// for idle hosts, the end of input, or a wall-clock tick in a collector.
     pub fn advance_to(&mut self, watermark: Timestamp) {
-        let mut due: Vec<Arc<str>> = self
-            .hosts
-            .values()
-            .filter(|h| h.next_close <= watermark)
-            .map(|h| h.name.clone())
+        let mut due: Vec<usize> = (0..self.hosts.len())
+            .filter(|&i| self.hosts[i].next_close <= watermark)
             .collect();
         // Hosts are judged in name order: the same input gives the same
         // alerts in the same order.
-        due.sort();
+        due.sort_by(|a, b| self.hosts[*a].name.cmp(&self.hosts[*b].name));
         for h in due {
-            self.close_host_windows(&h, watermark);
+            self.close_host_windows(h, watermark);
         }
         if watermark > self.max_ts && watermark.0 != i64::MAX {
             let day = watermark.day();
@@ -380,24 +399,24 @@ impl Engine {
         self.advance_to(Timestamp(i64::MAX));
     }
 
-    fn on_process_start(&mut self, p: &ProcessStart) {
+    fn on_process_start(&mut self, hid: usize, p: &ProcessStart) {
         let app_name = normalise_app(if p.name.is_empty() {
             p.exe.as_deref().unwrap_or("")
         } else {
             &p.name
         });
-        let app = self.intern_app(&app_name);
+        let (app_id, app) = self.intern_app(&app_name);
         let parent_app = p
             .parent_name
             .as_deref()
             .filter(|s| !s.trim().is_empty())
             .map(|n| {
                 let n = normalise_app(n);
-                self.intern_app(&n)
+                self.intern_app(&n).1
             })
             .or_else(|| {
                 // The parent's name from our own process table.
-                let h = self.hosts.get(p.host.as_str())?;
+                let h = &self.hosts[hid];
                 let ppid = p.ppid?;
                 h.procs
                     .get(&ppid)
@@ -406,6 +425,7 @@ impl Engine {
             });
         let meta = Arc::new(ProcMeta {
             app: app.clone(),
+            app_id,
             pid: p.pid,
             start: p.ts,
             ppid: p.ppid,
@@ -415,10 +435,8 @@ impl Engine {
             parent_app,
         });
         let day = p.ts.day();
-        let Some(h) = self.hosts.get_mut(p.host.as_str()) else {
-            return;
-        };
-        let new_app = h.apps_seen.insert(app.clone());
+        let h = &mut self.hosts[hid];
+        let new_app = h.apps_seen.insert(app_id);
         let instances = h.procs.entry(p.pid).or_default();
         // Keep the instance list ordered by start; a duplicate start is ignored.
         if instances
@@ -448,8 +466,7 @@ impl Engine {
         for s in instances.iter_mut().take(pos) {
             s.ended = true;
         }
-        let key = (app.clone(), day);
-        let entry = h.app_days.entry(key).or_default();
+        let entry = h.app_days.entry((app_id, day)).or_default();
         if !entry.running || (new_app && !entry.new) {
             let before = entry.contribution(&app, day);
             entry.running = true;
@@ -460,22 +477,18 @@ impl Engine {
         }
     }
 
-    fn on_process_end(&mut self, p: &ProcessEnd) {
-        if let Some(h) = self.hosts.get_mut(p.host.as_str()) {
-            if let Some(v) = h.procs.get_mut(&p.pid) {
-                if let Some(s) = v.iter_mut().rev().find(|s| s.meta.start <= p.ts) {
-                    s.ended = true;
-                    s.last_activity = s.last_activity.max(p.ts);
-                }
+    fn on_process_end(&mut self, hid: usize, p: &ProcessEnd) {
+        if let Some(v) = self.hosts[hid].procs.get_mut(&p.pid) {
+            if let Some(s) = v.iter_mut().rev().find(|s| s.meta.start <= p.ts) {
+                s.ended = true;
+                s.last_activity = s.last_activity.max(p.ts);
             }
         }
     }
 
-    fn on_dns(&mut self, d: &DnsRecord) {
+    fn on_dns(&mut self, hid: usize, d: &DnsRecord) {
         let cap = self.cfg.dns_cache_per_host;
-        let Some(h) = self.hosts.get_mut(d.host.as_str()) else {
-            return;
-        };
+        let h = &mut self.hosts[hid];
         let name: Arc<str> = Arc::from(d.query.trim_end_matches('.').to_ascii_lowercase());
         for ip in &d.answers {
             if h.dns.insert(*ip, name.clone()).is_none() {
@@ -492,7 +505,7 @@ impl Engine {
         }
     }
 
-    fn on_net(&mut self, n: &NetRecord) {
+    fn on_net(&mut self, hid: usize, n: &NetRecord) {
         self.stats.net_records += 1;
         if self.cfg.is_internal(&n.dst_ip) {
             self.stats.internal_records += 1;
@@ -504,13 +517,11 @@ impl Engine {
             return;
         }
         let window_us = self.cfg.window_us();
-        let unknown_app = self.unknown_app.clone();
         // Destination name: SNI, then the record's domain, then DNS seen on the host.
         let raw = n.sni.as_deref().or(n.domain.as_deref());
         let named = raw.map(|r| self.classify_name(r));
-        let Some(h) = self.hosts.get_mut(n.host.as_str()) else {
-            return;
-        };
+        let unknown_app = &self.unknown_app;
+        let h = &mut self.hosts[hid];
         let (name, service) = match named {
             Some((name, service)) => (Some(name), service),
             None => match h.dns.get(&n.dst_ip).cloned() {
@@ -532,6 +543,7 @@ impl Engine {
             None => {
                 let meta = Arc::new(ProcMeta {
                     app: unknown_app.clone(),
+                    app_id: self.unknown_app_id,
                     pid: n.pid,
                     start: n.ts,
                     ppid: None,
@@ -564,11 +576,11 @@ impl Engine {
         let p = &mut instances[idx];
         // Every record of a pid whose start was never seen (a process really
         // named `unknown` has its own interned name, not this one).
-        if Arc::ptr_eq(&p.meta.app, &unknown_app) {
+        if Arc::ptr_eq(&p.meta.app, unknown_app) {
             self.stats.unknown_pid_records += 1;
         }
         p.last_activity = p.last_activity.max(n.ts);
-        let app = p.meta.app.clone();
+        let app_id = p.meta.app_id;
         let day = n.ts.day();
         if day > p.day {
             p.day = day;
@@ -608,13 +620,15 @@ impl Engine {
                         h.open_pids.push(n.pid);
                     }
                     let pos = p.windows.partition_point(|w| w.start < wstart);
+                    let mut dests = self.dest_pool.pop().unwrap_or_default();
+                    dests.push(dest);
                     p.windows.insert(
                         pos,
                         OpenWindow {
                             start: wstart,
                             out: n.bytes_out,
                             inb: n.bytes_in,
-                            dests: vec![dest],
+                            dests,
                         },
                     );
                     let close_at = wstart.saturating_add_us(window_us);
@@ -625,18 +639,19 @@ impl Engine {
             }
         }
         // Daily statistics of the host for the app.
-        let entry = h.app_days.entry((app.clone(), day)).or_default();
+        let entry = h.app_days.entry((app_id, day)).or_default();
         let needs_update = !entry.active
             || !entry.services.contains_key(service.as_ref())
             || volume_bucket(entry.out_total) != volume_bucket(entry.out_total + n.bytes_out);
         let mut diff = None;
         if needs_update {
-            let before = entry.contribution(&app, day);
+            let app = &p.meta.app;
+            let before = entry.contribution(app, day);
             entry.active = true;
             entry.running = true;
             entry.out_total = entry.out_total.saturating_add(n.bytes_out);
             entry.services.entry(service.to_string()).or_insert(false);
-            diff = Some((before, entry.contribution(&app, day)));
+            diff = Some((before, entry.contribution(app, day)));
         } else {
             entry.out_total = entry.out_total.saturating_add(n.bytes_out);
         }
@@ -646,18 +661,16 @@ impl Engine {
         }
     }
 
-    fn close_host_windows(&mut self, host: &str, watermark: Timestamp) {
+    fn close_host_windows(&mut self, hid: usize, watermark: Timestamp) {
         let window_us = self.cfg.window_us();
         let idle_us = i64::try_from(self.cfg.idle_process_secs)
             .unwrap_or(i64::MAX / 1_000_000)
             .saturating_mul(1_000_000);
-        let Some(h) = self.hosts.get_mut(host) else {
-            return;
-        };
-        let mut closed = Vec::new();
+        let h = &mut self.hosts[hid];
+        let mut closed = std::mem::take(&mut self.scratch_closed);
         let mut next = Timestamp(i64::MAX);
-        let mut still_open = Vec::with_capacity(h.open_pids.len());
-        for pid in std::mem::take(&mut h.open_pids) {
+        let mut still_open = std::mem::take(&mut self.scratch_open);
+        for &pid in &h.open_pids {
             let Some(instances) = h.procs.get_mut(&pid) else {
                 continue;
             };
@@ -679,36 +692,37 @@ impl Engine {
                 still_open.push(pid);
             }
         }
-        h.open_pids = still_open;
+        std::mem::swap(&mut h.open_pids, &mut still_open);
+        still_open.clear();
+        self.scratch_open = still_open;
         h.next_close = next;
         let sweep = watermark >= h.next_sweep;
         if sweep {
             h.next_sweep = watermark.saturating_add_us(SWEEP_US);
         }
-        let name = h.name.clone();
         // Judge in a deterministic order.
         if closed.len() > 1 {
             closed.sort_unstable_by(|a, b| {
                 (a.start, a.meta.pid, a.meta.start).cmp(&(b.start, b.meta.pid, b.meta.start))
             });
         }
-        for c in closed {
-            self.judge(&name, c);
+        for c in closed.drain(..) {
+            self.judge(hid, c);
         }
+        self.scratch_closed = closed;
         // Now and then, forget finished or long-idle processes whose windows
         // are closed (bounded memory).
         if sweep {
-            if let Some(h) = self.hosts.get_mut(host) {
-                for instances in h.procs.values_mut() {
-                    instances.retain(|p| {
-                        !p.windows.is_empty()
-                            || !((p.ended
-                                && p.last_activity.saturating_add_us(ENDED_GRACE_US) < watermark)
-                                || p.last_activity.saturating_add_us(idle_us) < watermark)
-                    });
-                }
-                h.procs.retain(|_, v| !v.is_empty());
+            let h = &mut self.hosts[hid];
+            for instances in h.procs.values_mut() {
+                instances.retain(|p| {
+                    !p.windows.is_empty()
+                        || !((p.ended
+                            && p.last_activity.saturating_add_us(ENDED_GRACE_US) < watermark)
+                            || p.last_activity.saturating_add_us(idle_us) < watermark)
+                });
             }
+            h.procs.retain(|_, v| !v.is_empty());
         }
     }
 
@@ -720,16 +734,17 @@ impl Engine {
         if let Some(f) = &mut self.fleet {
             f.prune(today, self.cfg.horizon_days);
         }
-        for h in self.hosts.values_mut() {
+        for h in &mut self.hosts {
             h.app_days.retain(|(_, d), _| *d >= oldest);
         }
     }
 
     /// Scores a closed window (and the process's day so far), records alerts,
     /// and folds the window into the host's daily statistics.
-    fn judge(&mut self, host: &Arc<str>, c: ClosedWindow) {
+    fn judge(&mut self, hid: usize, mut c: ClosedWindow) {
         self.stats.windows_closed += 1;
         let app = c.meta.app.clone();
+        let app_id = c.meta.app_id;
         let day = Timestamp(c.end.0 - 1).day();
         let window_bucket = volume_bucket(c.out);
         let judged_ratio = c.out >= self.cfg.min_window_out_bytes / 16;
@@ -749,11 +764,10 @@ impl Engine {
         }
         // The live process knows best (several of its windows may close in
         // one batch): its alert memory and the day's judged level.
-        let live_proc = self.hosts.get(host).and_then(|h| {
-            h.procs
-                .get(&c.pid_index.0)
-                .and_then(|v| v.iter().find(|p| p.meta.start == c.pid_index.1))
-        });
+        let live_proc = self.hosts[hid]
+            .procs
+            .get(&c.pid_index.0)
+            .and_then(|v| v.iter().find(|p| p.meta.start == c.pid_index.1));
         let live = live_proc.map(|p| {
             (
                 p.last_alert,
@@ -785,21 +799,21 @@ impl Engine {
         }
         if !findings.is_empty() {
             let oldest = day - i64::from(self.cfg.horizon_days) + 1;
-            let (own, own_history, host_has_history) = match self.hosts.get(host) {
-                Some(h) => {
-                    let mut own = Vec::new();
-                    let mut history = Vec::new();
-                    for d in oldest..=day {
-                        if let Some(s) = h.app_days.get(&(app.clone(), d)) {
-                            own.push(s.contribution(&app, d));
-                            if d < day {
-                                history.push((d, s.max_volume, s.out_total));
-                            }
+            let h = &self.hosts[hid];
+            let host = h.name.clone();
+            let host = host.as_ref();
+            let (own, own_history, host_has_history) = {
+                let mut own = Vec::new();
+                let mut history = Vec::new();
+                for d in oldest..=day {
+                    if let Some(s) = h.app_days.get(&(app_id, d)) {
+                        own.push(s.contribution(&app, d));
+                        if d < day {
+                            history.push((d, s.max_volume, s.out_total));
                         }
                     }
-                    (own, history, h.first_day < day)
                 }
-                None => (Vec::new(), Vec::new(), false),
+                (own, history, h.first_day < day)
             };
             let view = self.peer_view(&app, day, &own);
             for (kind, start, out, inb, service, dests) in findings {
@@ -901,7 +915,8 @@ impl Engine {
             }
         }
         // Write back the process's alert memory and day progress.
-        if let Some(h) = self.hosts.get_mut(host) {
+        {
+            let h = &mut self.hosts[hid];
             if let Some(v) = h.procs.get_mut(&c.pid_index.0) {
                 if let Some(p) = v.iter_mut().find(|p| p.meta.start == c.pid_index.1) {
                     p.last_alert = last_alert;
@@ -913,7 +928,7 @@ impl Engine {
             // Fold the window into the host's day.
             if c.out > 0 || c.inb > 0 {
                 let upload_bytes = self.cfg.upload_bytes;
-                let entry = h.app_days.entry((app.clone(), day)).or_default();
+                let entry = h.app_days.entry((app_id, day)).or_default();
                 let uploaded = c.out >= UPLOAD_WINDOW_BYTES;
                 let persistence_moves = uploaded
                     && (entry.upload_windows == 0
@@ -954,6 +969,11 @@ impl Engine {
                 }
             }
         }
+        // The window's destination list serves a later window.
+        if self.dest_pool.len() < DEST_POOL {
+            c.dests.clear();
+            self.dest_pool.push(std::mem::take(&mut c.dests));
+        }
     }
 
     fn peer_view(&self, app: &str, today: i64, own: &[AppDayStats]) -> crate::baseline::PeerView {
@@ -988,6 +1008,9 @@ const ENDED_GRACE_US: i64 = 600 * 1_000_000;
 
 /// How often (event time) a host's finished and idle processes are swept out.
 const SWEEP_US: i64 = 300 * 1_000_000;
+
+/// Destination lists kept for reuse by new windows.
+const DEST_POOL: usize = 4096;
 
 /// A window counts towards persistence from this many bytes out.
 pub const UPLOAD_WINDOW_BYTES: u64 = 64 << 10;
