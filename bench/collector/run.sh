@@ -5,16 +5,19 @@
 #  2. 5,000 agents at 1 Hz to one collector (CPU, memory) with upload bursts,
 #     and the latency from a window's close to its alert reaching OTLP.
 # Each server runs as its own process so the CPU split can be read from /proc.
+# FLEET=0 skips part 2. The bench binary uses the `outflow` binary's allocator
+# (mimalloc) for both servers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 QUICK=${1:-}
 STREAMS=${STREAMS:-4}
 BATCH=${BATCH:-100}
 SECS=${SECS:-20}
+ROUNDS=${ROUNDS:-3}
 AGENTS=${AGENTS:-5000}
 FLEET_SECS=${FLEET_SECS:-240}
 LATENESS=${LATENESS:-30}
-if [ "$QUICK" = quick ]; then SECS=5; AGENTS=300; FLEET_SECS=150; LATENESS=5; fi
+if [ "$QUICK" = quick ]; then SECS=5; ROUNDS=1; AGENTS=300; FLEET_SECS=150; LATENESS=5; fi
 
 cargo build --release -p outflow-collector --example collector_bench
 BIN=target/release/examples/collector_bench
@@ -30,23 +33,40 @@ serve() { # mode port
 }
 wait_ready() { for _ in $(seq 1 100); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.1; done; cat "$1"; exit 1; }
 
-echo "== throughput: $STREAMS streams x $BATCH samples/batch, ${SECS}s each =="
-P=$(serve noop 7311); wait_ready "$WORK/serve-noop-7311.log"
-NOOP=$("$BIN" throughput --endpoint https://127.0.0.1:7311 --certs "$WORK/certs" \
-  --streams "$STREAMS" --batch "$BATCH" --seconds "$SECS" --server-pid "$P")
-kill "$P"; echo "no-op sink : $NOOP"
-P=$(serve collector 7312); wait_ready "$WORK/serve-collector-7312.log"
-REAL=$("$BIN" throughput --endpoint https://127.0.0.1:7312 --certs "$WORK/certs" \
-  --streams "$STREAMS" --batch "$BATCH" --seconds "$SECS" --server-pid "$P")
-kill "$P"; echo "collector  : $REAL"
-python3 - "$NOOP" "$REAL" <<'PY'
-import json, sys
-n, r = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"ratio collector/no-op: {r['samples_per_s'] / n['samples_per_s']:.2f}  "
-      f"(collector {r['samples_per_s']:.0f} samples/s using {r['server_cores']:.2f} cores = "
-      f"{r['samples_per_server_core_s']:.0f} samples/s per core; load generator {r['load_cpu_s']:.1f} CPU-s)")
+echo "== throughput: $STREAMS streams x $BATCH samples/batch, ${SECS}s each, $ROUNDS rounds =="
+uptime
+RES="$WORK/throughput.jsonl"
+for r in $(seq 1 "$ROUNDS"); do
+  # Alternate the two servers so both see the same (shared) machine.
+  for mode in noop collector; do
+    [ "$mode" = collector ] && port=$(( 7311 + r * 2 )) || port=$(( 7310 + r * 2 ))
+    P=$(serve "$mode" "$port"); wait_ready "$WORK/serve-$mode-$port.log"
+    OUT=$("$BIN" throughput --endpoint "https://127.0.0.1:$port" --certs "$WORK/certs" \
+      --streams "$STREAMS" --batch "$BATCH" --seconds "$SECS" --server-pid "$P")
+    kill "$P"; wait "$P" 2>/dev/null || true
+    echo "round $r $mode: $OUT"
+    echo "{\"round\": $r, \"mode\": \"$mode\", \"r\": $OUT}" >> "$RES"
+  done
+done
+python3 - "$RES" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+ratios = []
+for r in sorted({x["round"] for x in rows}):
+    n = next(x["r"] for x in rows if x["round"] == r and x["mode"] == "noop")
+    c = next(x["r"] for x in rows if x["round"] == r and x["mode"] == "collector")
+    ratios.append(c["samples_per_s"] / n["samples_per_s"])
+    print(f"round {r}: ratio collector/no-op {ratios[-1]:.2f}; "
+          f"no-op {n['samples_per_s']/1e6:.2f} M/s on {n['server_cores']:.2f} cores "
+          f"(load generator {n['load_cpu_s']/n['seconds']:.2f} cores); "
+          f"collector {c['samples_per_s']/1e6:.2f} M/s on {c['server_cores']:.2f} cores "
+          f"= {c['samples_per_server_core_s']/1e6:.2f} M samples per collector CPU-second "
+          f"(load generator {c['load_cpu_s']/c['seconds']:.2f} cores)")
+print(f"median ratio collector/no-op: {statistics.median(ratios):.2f}")
 PY
 
+uptime
+[ "${FLEET:-1}" = 0 ] && exit 0
 echo "== fleet: $AGENTS agents at 1 Hz for ${FLEET_SECS}s, lateness ${LATENESS}s =="
 P=$(serve collector 7313 http://127.0.0.1:7399); wait_ready "$WORK/serve-collector-7313.log"
 "$BIN" fleet --endpoint https://127.0.0.1:7313 --certs "$WORK/certs" --agents "$AGENTS" \

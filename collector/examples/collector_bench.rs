@@ -29,6 +29,11 @@ use outflow_proto::pb;
 use outflow_proto::pb::ingest_client::IngestClient;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// The allocator of the `outflow` binary, so the collector is measured as it
+/// runs in production (and the no-op sink with the same one).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]

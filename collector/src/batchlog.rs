@@ -107,7 +107,7 @@ fn split_idx(idx: u64) -> (u64, u64) {
     (idx >> OFFSET_BITS, idx & ((1 << OFFSET_BITS) - 1))
 }
 
-fn parse_payload(idx: u64, p: &[u8]) -> Result<LogRecord, LogError> {
+fn parse_payload(idx: u64, p: &[u8], with_bytes: bool) -> Result<LogRecord, LogError> {
     let corrupt = |reason: &str| LogError::Corrupt {
         idx,
         reason: reason.into(),
@@ -130,13 +130,22 @@ fn parse_payload(idx: u64, p: &[u8]) -> Result<LogRecord, LogError> {
         min_ts: i64_at(8),
         max_ts: i64_at(16),
         sequence: i64_at(24) as u64,
-        bytes: p[FIXED + host_len..].to_vec(),
+        bytes: if with_bytes {
+            p[FIXED + host_len..].to_vec()
+        } else {
+            Vec::new()
+        },
     })
 }
 
-/// Reads the valid records of one segment file; returns them and the length
-/// of the valid prefix (shorter than the file when its tail is torn).
-fn scan_segment(number: u64, path: &Path) -> Result<(Vec<LogRecord>, u64, u64), LogError> {
+/// Reads the valid records of one segment file (their batch bytes too when
+/// `with_bytes`); returns them, the length of the valid prefix (shorter than
+/// the file when its tail is torn) and the file's length.
+fn scan_segment(
+    number: u64,
+    path: &Path,
+    with_bytes: bool,
+) -> Result<(Vec<LogRecord>, u64, u64), LogError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
@@ -152,7 +161,7 @@ fn scan_segment(number: u64, path: &Path) -> Result<(Vec<LogRecord>, u64, u64), 
         if len < FIXED || crc32c(p) != crc {
             break;
         }
-        out.push(parse_payload(idx_of(number, off as u64), p)?);
+        out.push(parse_payload(idx_of(number, off as u64), p, with_bytes)?);
         off += HEADER + len;
     }
     Ok((out, off as u64, data.len() as u64))
@@ -163,9 +172,9 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 }
 
 impl BatchLog {
-    /// Opens (or creates) the log in `dir`, repairing a torn tail. Returns
-    /// the log and every valid record in arrival order when `read` is set
-    /// (replay on start), else an empty vector.
+    /// Opens (or creates) the log in `dir`, checking every record and
+    /// repairing a torn tail; new records go to the last segment until it
+    /// holds `segment_bytes`.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<BatchLog, LogError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let mut numbers: Vec<u64> = fs::read_dir(dir)
@@ -186,7 +195,7 @@ impl BatchLog {
                 fs::remove_file(&path).map_err(io(&path))?;
                 continue;
             }
-            let (records, valid, len) = scan_segment(n, &path)?;
+            let (records, valid, len) = scan_segment(n, &path, false)?;
             if valid < len {
                 torn = true;
                 tracing::warn!(
@@ -358,7 +367,7 @@ impl BatchLog {
                 .collect()
         };
         segs.into_iter().flat_map(|(n, p)| {
-            let r: Vec<Result<LogRecord, LogError>> = match scan_segment(n, &p) {
+            let r: Vec<Result<LogRecord, LogError>> = match scan_segment(n, &p, true) {
                 Ok((recs, _, _)) => recs.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e)],
             };
@@ -389,7 +398,7 @@ impl BatchLog {
                 reason: "checksum mismatch".into(),
             });
         }
-        parse_payload(idx, &p).map(Some)
+        parse_payload(idx, &p, true).map(Some)
     }
 
     /// The idx at which the closed segments whose newest record arrived
@@ -420,7 +429,7 @@ impl BatchLog {
         };
         let mut n = 0;
         for s in gone {
-            n += scan_segment(s.number, &s.path)
+            n += scan_segment(s.number, &s.path, false)
                 .map(|(r, _, _)| r.len() as u64)
                 .unwrap_or(0);
             fs::remove_file(&s.path).map_err(io(&s.path))?;

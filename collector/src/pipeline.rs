@@ -154,7 +154,7 @@ pub fn replay(
         *e = (*e).max(seq);
         let shard = shard_of(&host, engines.len());
         let engine = &mut engines[shard];
-        match outflow_proto::batch_events(sb.batch) {
+        match crate::ingest::batch_events(sb.batch) {
             Ok(events) => {
                 for ev in &events {
                     engine.ingest(ev);
