@@ -14,11 +14,39 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+/// [`outflow_pki::peer_identity`], remembered per client certificate: the
+/// certificate is the same on every request of a connection, and parsing it
+/// each time cost more than the rest of a baseline update's handling.
+fn peer_identity<T>(req: &Request<T>) -> Result<outflow_pki::PeerIdentity, Status> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static KNOWN: OnceLock<Mutex<HashMap<Vec<u8>, outflow_pki::PeerIdentity>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    let leaf = req
+        .peer_certs()
+        .and_then(|c| c.first().map(|l| l.as_ref().to_vec()));
+    if let Some(leaf) = &leaf {
+        let g = known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = g.get(leaf) {
+            return Ok(id.clone());
+        }
+    }
+    let id = outflow_pki::peer_identity(req)?;
+    if let Some(leaf) = leaf {
+        let mut g = known.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= 1024 {
+            g.clear();
+        }
+        g.insert(leaf, id.clone());
+    }
+    Ok(id)
+}
+
 fn authorize<T>(req: &Request<T>, require: bool, what: &str) -> Result<String, Status> {
     if !require {
         return Ok("anonymous".into());
     }
-    let id = outflow_pki::peer_identity(req)?;
+    let id = peer_identity(req)?;
     if !id.role.is_cluster_member() {
         return Err(Status::permission_denied(format!(
             "{id} may not {what}: a collector or server certificate is required"
@@ -246,7 +274,7 @@ fn authorize_admin<T>(req: &Request<T>, require: bool) -> Result<(), Status> {
     if !require {
         return Ok(());
     }
-    let id = outflow_pki::peer_identity(req)?;
+    let id = peer_identity(req)?;
     match id.role {
         outflow_pki::Role::Admin | outflow_pki::Role::Server | outflow_pki::Role::Aggregator => {
             Ok(())

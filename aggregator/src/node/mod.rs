@@ -9,7 +9,7 @@ use crate::raft::{
     single_change, AppliedKind, Bootstrap, ConfChangeContext, Disk, PersistJob, RaftLog, Replica,
     ReplicaConfig, ReplicaCounters, ReplicaError, ReplicaStatus,
 };
-use crate::state::{Command, FleetState, Outcome};
+use crate::state::{codec, Command, FleetState, Outcome};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -183,7 +183,7 @@ impl NodeHandle {
 
     /// Propose a command; resolves once it is committed and applied here.
     pub async fn propose(&self, cmd: &Command) -> Result<Proposed, ProposeError> {
-        let data = serde_json::to_vec(cmd).map_err(|e| ProposeError::Invalid(e.to_string()))?;
+        let data = codec::encode(cmd);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Input::Propose { data, reply })
@@ -346,7 +346,7 @@ struct RaftLoop<D: Disk> {
 
 /// Inputs handled per loop turn at most.
 const MAX_BATCH: usize = 8192;
-/// Largest batch entry (commands are JSON objects joined into one array).
+/// Largest batch entry (commands joined by [`codec`]).
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 impl<D: Disk> RaftLoop<D> {
@@ -610,24 +610,27 @@ impl<D: Disk> RaftLoop<D> {
             }
             return;
         }
-        let mut groups: Vec<(Vec<u8>, Vec<Reply>)> = Vec::new();
+        // Groups of up to MAX_BATCH_BYTES of commands.
+        let mut groups: Vec<(Vec<Vec<u8>>, usize, Vec<Reply>)> = Vec::new();
         for (data, reply) in queued {
             let start_new = groups
                 .last()
-                .is_none_or(|(buf, _)| buf.len() + data.len() > MAX_BATCH_BYTES);
+                .is_none_or(|(_, bytes, _)| bytes + data.len() > MAX_BATCH_BYTES);
             if start_new {
-                groups.push((br#"{"type":"batch","commands":["#.to_vec(), Vec::new()));
+                groups.push((Vec::new(), 0, Vec::new()));
             }
-            if let Some((buf, replies)) = groups.last_mut() {
-                if !replies.is_empty() {
-                    buf.push(b',');
-                }
-                buf.extend_from_slice(&data);
+            if let Some((datas, bytes, replies)) = groups.last_mut() {
+                *bytes += data.len();
+                datas.push(data);
                 replies.push(reply);
             }
         }
-        for (mut buf, replies) in groups {
-            buf.extend_from_slice(b"]}");
+        for (datas, bytes, replies) in groups {
+            let mut buf = codec::batch_header(datas.len());
+            buf.reserve(bytes + 8);
+            for d in &datas {
+                codec::append_entry(&mut buf, d);
+            }
             let ctx = self.new_ctx();
             match self.replica.propose(ctx.clone(), buf) {
                 Ok(()) => {
@@ -703,9 +706,7 @@ impl<D: Disk> RaftLoop<D> {
                     unix_ms,
                     collector_timeout_ms: timeout,
                 };
-                if let Ok(data) = serde_json::to_vec(&cmd) {
-                    let _ = self.replica.propose(Vec::new(), data);
-                }
+                let _ = self.replica.propose(Vec::new(), codec::encode(&cmd));
             }
         }
     }

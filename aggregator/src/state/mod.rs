@@ -5,6 +5,7 @@
 //! maps only. Every replica that applies the same commands in the same order
 //! holds the same bytes, which `state_hash` lets operators and tests check.
 
+pub mod codec;
 mod stats;
 
 pub use stats::{AppDayStats, ServiceCount};
@@ -46,7 +47,9 @@ pub struct AlertRecord {
     pub json: String,
 }
 
-/// A state-machine command; the Raft log holds these (JSON).
+/// A state-machine command; the Raft log holds these ([`codec`]: binary for
+/// baseline updates and batches, JSON otherwise; JSON entries of older
+/// versions still decode).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
@@ -274,7 +277,7 @@ impl FleetState {
     /// (a newer node's command, corruption) are rejected identically on every
     /// replica, so replicas still agree.
     pub fn apply_bytes(&mut self, index: u64, bytes: &[u8]) -> Outcome {
-        match serde_json::from_slice::<Command>(bytes) {
+        match codec::decode(bytes) {
             Ok(c) => self.apply(index, &c),
             Err(e) => {
                 self.mark_applied(index);
@@ -298,6 +301,7 @@ impl FleetState {
         partials: &[AppDayStats],
     ) -> Outcome {
         let (mut accepted, mut duplicates, mut expired) = (0, 0, 0);
+        let newest_before = self.newest_day;
         for p in partials {
             if self.horizon_start().is_some_and(|start| p.day < start) {
                 expired += 1;
@@ -326,6 +330,10 @@ impl FleetState {
         }
         if accepted > 0 {
             self.baseline_version = index;
+        }
+        // Only a newer day moves the horizon: older partials were refused
+        // above, so nothing else can have fallen out of it.
+        if self.newest_day != newest_before {
             self.prune();
         }
         Outcome::Partials {

@@ -343,7 +343,7 @@ fn a_batch_applies_each_command_at_one_index_and_does_not_nest() {
     );
     assert_eq!(s.applied_index(), 7);
     assert_eq!(s.app_baseline("a")[0].hosts_running, 1);
-    // The bytes the node builds by joining commands parse as a batch.
+    // JSON batches written by earlier versions still parse as a batch.
     let joined = format!(
         "{{\"type\":\"batch\",\"commands\":[{},{}]}}",
         serde_json::to_string(&submit("c2", 1, vec![])).unwrap(),
@@ -356,4 +356,85 @@ fn a_batch_applies_each_command_at_one_index_and_does_not_nest() {
     assert!(
         matches!(s.apply_bytes(8, joined.as_bytes()), Outcome::Batch { outcomes } if outcomes.len() == 2)
     );
+}
+
+#[test]
+fn binary_commands_round_trip_and_json_entries_still_decode() {
+    let mut big = stats(
+        "b\u{e9}",
+        -3,
+        u64::MAX,
+        &[0, 1, 1 << 40],
+        &[("s3", 7), ("gcs", 0)],
+    );
+    big.upload_windows_hist = vec![9, 0, u64::MAX];
+    big.daily_out_hist = vec![1];
+    let policy = Command::SetPolicy {
+        principal: "admin".into(),
+        unix_ms: -5,
+        policy: serde_json::json!({"rules": [1, 2]}),
+        comment: "c".into(),
+    };
+    let cmds = [
+        submit("c1", 3, vec![stats("a", 20_000, 4, &[1, 2], &[]), big]),
+        submit("", 0, vec![]),
+        policy.clone(),
+        Command::Batch {
+            commands: vec![submit("c2", 1, vec![]), policy.clone()],
+        },
+    ];
+    for c in &cmds {
+        let bin = codec::encode(c);
+        assert_eq!(bin[0], codec::BINARY);
+        assert_eq!(codec::decode(&bin).as_ref(), Ok(c));
+        // Every prefix is refused, never misread.
+        for n in 0..bin.len() {
+            assert!(codec::decode(&bin[..n]).is_err(), "prefix {n} of {c:?}");
+        }
+        let json = serde_json::to_vec(c).unwrap();
+        assert_eq!(codec::decode(&json).as_ref(), Ok(c));
+    }
+    // A batch joined from binary and JSON entries, as the node builds it.
+    let parts = [
+        codec::encode(&cmds[0]),
+        serde_json::to_vec(&policy).unwrap(),
+    ];
+    let mut joined = codec::batch_header(parts.len());
+    for p in &parts {
+        codec::append_entry(&mut joined, p);
+    }
+    assert_eq!(
+        codec::decode(&joined),
+        Ok(Command::Batch {
+            commands: vec![cmds[0].clone(), policy]
+        })
+    );
+    let mut trailing = codec::encode(&cmds[1]);
+    trailing.push(0);
+    assert!(codec::decode(&trailing).is_err());
+    assert!(codec::decode(&[codec::BINARY, 9]).is_err());
+    // The same state whichever encoding the log holds.
+    let (mut a, mut b) = (FleetState::default(), FleetState::default());
+    for (i, c) in cmds.iter().enumerate() {
+        let i = i as u64 + 1;
+        assert_eq!(
+            a.apply_bytes(i, &codec::encode(c)),
+            b.apply_bytes(i, &serde_json::to_vec(c).unwrap())
+        );
+    }
+    assert_eq!(a.state_hash(), b.state_hash());
+}
+
+#[test]
+fn older_days_fall_out_of_the_horizon_when_a_newer_day_arrives() {
+    let mut s = FleetState::new(StateConfig {
+        horizon_days: 2,
+        ..Default::default()
+    });
+    s.apply(1, &submit("c1", 1, vec![stats("a", 10, 1, &[], &[])]));
+    s.apply(2, &submit("c1", 2, vec![stats("b", 11, 1, &[], &[])]));
+    assert_eq!(s.app_baseline("a").len(), 1);
+    s.apply(3, &submit("c1", 3, vec![stats("b", 12, 1, &[], &[])]));
+    assert!(s.app_baseline("a").is_empty(), "day 10 left the horizon");
+    assert_eq!(s.app_baseline("b").len(), 2);
 }
