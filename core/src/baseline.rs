@@ -139,6 +139,43 @@ impl AppDayStats {
         }
     }
 
+    /// Adds (or saturating-subtracts) one host's indicator cells.
+    fn apply_indicators(&mut self, i: Indicators, add: bool) {
+        let step = |v: &mut u64| {
+            *v = if add { *v + 1 } else { v.saturating_sub(1) };
+        };
+        // As `merge` (grows to the contribution's full length) and
+        // `subtract` (never grows) do.
+        let cell = |h: &mut Vec<u64>, b: Option<u8>, full: usize| {
+            if let Some(b) = b {
+                let b = usize::from(b);
+                if add && h.len() < full {
+                    h.resize(full, 0);
+                }
+                if let Some(v) = h.get_mut(b) {
+                    step(v);
+                }
+            }
+        };
+        if i.running {
+            step(&mut self.hosts_running);
+        }
+        if i.active {
+            step(&mut self.hosts_active);
+        }
+        if i.new {
+            step(&mut self.hosts_new);
+        }
+        cell(&mut self.ratio_hist, i.ratio, RATIO_BUCKETS);
+        cell(&mut self.volume_hist, i.volume, VOLUME_BUCKETS);
+        cell(&mut self.daily_out_hist, i.daily_out, VOLUME_BUCKETS);
+        cell(
+            &mut self.upload_windows_hist,
+            i.upload_windows,
+            PERSISTENCE_BUCKETS,
+        );
+    }
+
     /// No count at all: such statistics are never stored.
     pub fn is_empty(&self) -> bool {
         self.hosts_running == 0
@@ -255,6 +292,44 @@ impl HostAppDay {
     }
 }
 
+/// The histogram cells and flags one host's (app, day) contributes to, without
+/// its services: what `HostAppDay::contribution` would set to one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Indicators {
+    pub running: bool,
+    pub active: bool,
+    pub new: bool,
+    pub ratio: Option<u8>,
+    pub volume: Option<u8>,
+    pub daily_out: Option<u8>,
+    pub upload_windows: Option<u8>,
+}
+
+impl HostAppDay {
+    /// The cells of `contribution` that are one (services aside).
+    pub fn indicators(&self) -> Indicators {
+        Indicators {
+            running: self.running,
+            active: self.active,
+            new: self.new,
+            ratio: self.max_ratio,
+            volume: self.max_volume.filter(|_| self.active),
+            daily_out: self.active.then(|| volume_bucket(self.out_total)),
+            upload_windows: (self.upload_windows > 0)
+                .then(|| persistence_bucket(self.upload_windows)),
+        }
+    }
+}
+
+/// A change of one service's entry in a host's (app, day): `None` is absent,
+/// `Some(uploaded)` present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceChange<'a> {
+    pub service: &'a str,
+    pub before: Option<bool>,
+    pub after: Option<bool>,
+}
+
 /// Per (app, day) statistics summed over every contributor.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetBaseline {
@@ -297,6 +372,64 @@ impl FleetBaseline {
             }
             if days.is_empty() {
                 self.apps.remove(&p.app);
+            }
+        }
+    }
+
+    /// Moves one host's contribution to (app, day) from `before` to `after`,
+    /// where only the listed services changed: the same result as
+    /// `subtract(before.contribution())` then `add(after.contribution())`,
+    /// without building either (the engine's hot path; tested against it).
+    pub fn apply_host_change(
+        &mut self,
+        app: &str,
+        day: i64,
+        before: Indicators,
+        after: Indicators,
+        services: &[ServiceChange<'_>],
+    ) {
+        if let Some(days) = self.apps.get_mut(app) {
+            if let Some(d) = days.get_mut(&day) {
+                d.apply_indicators(before, false);
+                for c in services {
+                    if let Some(up) = c.before {
+                        if let Some(e) = d.services.get_mut(c.service) {
+                            e.hosts = e.hosts.saturating_sub(1);
+                            e.upload_hosts = e.upload_hosts.saturating_sub(u64::from(up));
+                            if e.hosts == 0 && e.upload_hosts == 0 {
+                                d.services.remove(c.service);
+                            }
+                        }
+                    }
+                }
+                if d.hosts_running == 0 && d.is_empty() {
+                    days.remove(&day);
+                }
+            }
+            if days.is_empty() {
+                self.apps.remove(app);
+            }
+        }
+        let adds_service = services.iter().any(|c| c.after.is_some());
+        if after == Indicators::default() && !adds_service {
+            return;
+        }
+        let days = match self.apps.get_mut(app) {
+            Some(d) => d,
+            None => self.apps.entry(app.to_string()).or_default(),
+        };
+        let d = days
+            .entry(day)
+            .or_insert_with(|| AppDayStats::empty(app, day));
+        d.apply_indicators(after, true);
+        for c in services {
+            if let Some(up) = c.after {
+                let e = match d.services.get_mut(c.service) {
+                    Some(e) => e,
+                    None => d.services.entry(c.service.to_string()).or_default(),
+                };
+                e.hosts += 1;
+                e.upload_hosts += u64::from(up);
             }
         }
     }
@@ -477,6 +610,31 @@ mod tests {
         assert!((ratio_bucket_floor(34) - 2.0).abs() < 1e-9);
     }
 
+    fn arb_host_day() -> impl Strategy<Value = HostAppDay> {
+        (
+            (any::<bool>(), any::<bool>(), any::<bool>()),
+            prop::option::of(0u8..65),
+            prop::option::of(0u8..80),
+            0u64..1 << 40,
+            prop::collection::btree_map(
+                prop::sample::select(vec!["dropbox", "onedrive", "other"]),
+                any::<bool>(),
+                0..3,
+            ),
+            0u64..300,
+        )
+            .prop_map(|((running, active, new), r, v, out, svc, up)| HostAppDay {
+                running,
+                active,
+                new,
+                max_ratio: r,
+                max_volume: v,
+                out_total: out,
+                services: svc.into_iter().map(|(k, u)| (k.to_string(), u)).collect(),
+                upload_windows: up,
+            })
+    }
+
     fn arb_partial() -> impl Strategy<Value = AppDayStats> {
         (
             prop::sample::select(vec!["winword.exe", "onedrive.exe", "curl"]),
@@ -533,6 +691,42 @@ mod tests {
             b.merge(&FleetBaseline::from_partials(l));
             prop_assert_eq!(a.to_canonical_bytes(), b.to_canonical_bytes());
             prop_assert_eq!(a.hash_hex(), b.hash_hex());
+        }
+
+        /// The engine's in-place update equals subtract-then-add of whole
+        /// contributions, byte for byte.
+        #[test]
+        fn apply_host_change_equals_subtract_then_add(
+            parts in prop::collection::vec(arb_partial(), 0..6),
+            before in arb_host_day(),
+            grow in (any::<bool>(), 0u64..1 << 40, prop::option::of(0u8..65), prop::option::of(0u8..80), 0u64..300, any::<bool>()),
+            svc in prop::collection::btree_map(prop::sample::select(vec!["dropbox", "onedrive", "other", "gdrive"]), any::<bool>(), 0..3),
+            day in 0i64..4,
+        ) {
+            let app = "winword.exe";
+            let mut fleet = FleetBaseline::from_partials(&parts);
+            fleet.add(&before.contribution(app, day));
+            let mut after = before.clone();
+            after.running |= grow.0;
+            after.active |= grow.5;
+            after.out_total += grow.1;
+            after.max_ratio = after.max_ratio.max(grow.2);
+            after.max_volume = after.max_volume.max(grow.3);
+            after.upload_windows += grow.4;
+            let mut changes = Vec::new();
+            for (name, up) in &svc {
+                let was = before.services.get(*name).copied();
+                let now = Some(was.unwrap_or(false) || *up);
+                if was != now {
+                    after.services.insert(name.to_string(), now.unwrap_or(false));
+                    changes.push(ServiceChange { service: name, before: was, after: now });
+                }
+            }
+            let mut expect = fleet.clone();
+            expect.subtract(&before.contribution(app, day));
+            expect.add(&after.contribution(app, day));
+            fleet.apply_host_change(app, day, before.indicators(), after.indicators(), &changes);
+            prop_assert_eq!(expect.to_canonical_bytes(), fleet.to_canonical_bytes());
         }
 
         #[test]

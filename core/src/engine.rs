@@ -17,6 +17,7 @@ use crate::alert::{alert_id, Alert, Destination, ANALYTIC};
 use crate::app::{normalise_app, UNKNOWN_APP};
 use crate::baseline::{
     persistence_bucket, ratio_bucket, volume_bucket, AppDayStats, FleetBaseline, HostAppDay,
+    ServiceChange,
 };
 use crate::catalogue::{Catalogue, OTHER};
 use crate::config::EngineConfig;
@@ -643,21 +644,29 @@ impl Engine {
         let needs_update = !entry.active
             || !entry.services.contains_key(service.as_ref())
             || volume_bucket(entry.out_total) != volume_bucket(entry.out_total + n.bytes_out);
-        let mut diff = None;
         if needs_update {
-            let app = &p.meta.app;
-            let before = entry.contribution(app, day);
+            let before = entry.indicators();
             entry.active = true;
             entry.running = true;
             entry.out_total = entry.out_total.saturating_add(n.bytes_out);
-            entry.services.entry(service.to_string()).or_insert(false);
-            diff = Some((before, entry.contribution(app, day)));
+            let new_service = !entry.services.contains_key(service.as_ref());
+            if new_service {
+                entry.services.insert(service.to_string(), false);
+            }
+            let change = [ServiceChange {
+                service: &service,
+                before: None,
+                after: Some(false),
+            }];
+            self.local.apply_host_change(
+                &p.meta.app,
+                day,
+                before,
+                entry.indicators(),
+                if new_service { &change } else { &[] },
+            );
         } else {
             entry.out_total = entry.out_total.saturating_add(n.bytes_out);
-        }
-        if let Some((before, after)) = diff {
-            self.local.subtract(&before);
-            self.local.add(&after);
         }
     }
 
@@ -946,7 +955,7 @@ impl Engine {
                             && entry.services.get(d.service.as_ref()) != Some(&true)
                     });
                 if changes {
-                    let before = entry.contribution(&app, day);
+                    let before = entry.indicators();
                     if persistence_moves {
                         entry.upload_windows += 1;
                     }
@@ -956,16 +965,29 @@ impl Engine {
                     if entry.max_volume.is_none_or(|m| window_bucket > m) {
                         entry.max_volume = Some(window_bucket);
                     }
+                    let mut services: Vec<ServiceChange<'_>> = Vec::new();
                     for d in &c.dests {
                         if d.out >= upload_bytes {
-                            entry.services.insert(d.service.to_string(), true);
+                            let was = match entry.services.get_mut(d.service.as_ref()) {
+                                Some(v) => Some(std::mem::replace(v, true)),
+                                None => entry.services.insert(d.service.to_string(), true),
+                            };
+                            if was != Some(true)
+                                && !services.iter().any(|s| s.service == d.service.as_ref())
+                            {
+                                services.push(ServiceChange {
+                                    service: &d.service,
+                                    before: was,
+                                    after: Some(true),
+                                });
+                            }
                         }
                     }
                     entry.active = true;
                     entry.running = true;
-                    let after = entry.contribution(&app, day);
-                    self.local.subtract(&before);
-                    self.local.add(&after);
+                    let after = entry.indicators();
+                    self.local
+                        .apply_host_change(&app, day, before, after, &services);
                 }
             }
         }
