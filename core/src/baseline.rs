@@ -716,9 +716,10 @@ mod tests {
             let mut changes = Vec::new();
             for (name, up) in &svc {
                 let was = before.services.get(*name).copied();
-                let now = Some(was.unwrap_or(false) || *up);
+                let uploaded = was.unwrap_or(false) || *up;
+                let now = Some(uploaded);
                 if was != now {
-                    after.services.insert(name.to_string(), now.unwrap_or(false));
+                    after.services.insert(name.to_string(), uploaded);
                     changes.push(ServiceChange { service: name, before: was, after: now });
                 }
             }
