@@ -20,7 +20,7 @@
 //!
 //! Layouts: `perf_event_attr` (linux/perf_event.h) — type u32 @0, size u32
 //! @4, config u64 @8, sample_period @16, sample_type @24, flags @40 (bit 0
-//! `disabled`). The first page of the mmap'd ring is `perf_event_mmap_page`:
+//! `disabled`, bit 14 `watermark`), wakeup_watermark u32 @48. The first page of the mmap'd ring is `perf_event_mmap_page`:
 //! data_head u64 @1024, data_tail @1032, data_offset @1040, data_size @1048.
 //! A PERF_RECORD_SAMPLE with TID|RAW is header (type u32, misc u16, size
 //! u16), pid u32, tid u32, raw size u32, raw bytes; the raw layout is read
@@ -30,7 +30,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_SAMPLE_TID: u64 = 1 << 1;
@@ -42,8 +43,12 @@ const PERF_RECORD_SAMPLE: u32 = 9;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 const PERF_EVENT_IOC_SET_FILTER: libc::c_ulong = 0x4008_2406;
 const ATTR_SIZE: usize = 128;
-/// Data pages per CPU (a power of two): 128 KiB holds ~1,300 closes.
-const RING_PAGES: usize = 32;
+/// Data pages per CPU (a power of two): 512 KiB, the most that is not
+/// charged to the locked-memory limit (`perf_event_mlock_kb`), ~5,000
+/// closes. A reader thread empties the rings whenever one is half full.
+const RING_PAGES: usize = 128;
+/// Closes waiting for the source's next poll, at most (then counted lost).
+const MAX_QUEUED: usize = 1 << 20;
 
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_LAST_ACK: i32 = 9;
@@ -228,9 +233,12 @@ fn open_cpu(id: u64, cpu: i32, page: usize) -> io::Result<Ring> {
     attr[8..16].copy_from_slice(&id.to_ne_bytes());
     attr[16..24].copy_from_slice(&1u64.to_ne_bytes());
     attr[24..32].copy_from_slice(&(PERF_SAMPLE_TID | PERF_SAMPLE_RAW).to_ne_bytes());
-    attr[40..48].copy_from_slice(&1u64.to_ne_bytes()); // disabled until filtered
-                                                       // SAFETY: attr is a zero-initialised perf_event_attr of the size it
-                                                       // declares; the other arguments are plain integers.
+    // Flags: disabled (bit 0) until filtered; watermark (bit 14): wake the
+    // reader when `wakeup_watermark` bytes are waiting.
+    attr[40..48].copy_from_slice(&(1u64 | 1 << 14).to_ne_bytes());
+    attr[48..52].copy_from_slice(&((page * RING_PAGES / 2) as u32).to_ne_bytes());
+    // SAFETY: attr is a zero-initialised perf_event_attr of the size it
+    // declares; the other arguments are plain integers.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
@@ -281,46 +289,15 @@ fn open_cpu(id: u64, cpu: i32, page: usize) -> io::Result<Ring> {
     Ok(ring)
 }
 
-/// The per-CPU tracepoint readers.
-pub struct CloseTrace {
+/// Reads every CPU's ring.
+struct Reader {
     rings: Vec<Ring>,
     layout: Layout,
-    /// Records the kernel could not write (ring full).
-    pub lost: u64,
+    lost: u64,
 }
 
-impl CloseTrace {
-    pub fn open() -> io::Result<CloseTrace> {
-        let dir = tracefs().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "tracepoint sock:inet_sock_set_state not found (is tracefs mounted at /sys/kernel/tracing?)",
-            )
-        })?;
-        let ev = dir.join("events/sock/inet_sock_set_state");
-        let id: u64 = std::fs::read_to_string(ev.join("id"))?
-            .trim()
-            .parse()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad tracepoint id"))?;
-        let layout =
-            Layout::parse(&std::fs::read_to_string(ev.join("format"))?).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "unexpected tracepoint format")
-            })?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let rings = online_cpus()
-            .into_iter()
-            .map(|cpu| open_cpu(id, cpu, page))
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(CloseTrace {
-            rings,
-            layout,
-            lost: 0,
-        })
-    }
-
-    /// Every close recorded since the last call.
-    pub fn drain(&mut self, f: &mut dyn FnMut(Close)) {
+impl Reader {
+    fn drain(&mut self, f: &mut dyn FnMut(Close)) {
         for r in &mut self.rings {
             let base = r.base as *mut u8;
             // SAFETY: the header page is mapped; data_head/data_tail are
@@ -350,23 +327,22 @@ impl CloseTrace {
             let lost = &mut self.lost;
             let new_tail = walk_ring(data, tail, head, &mut |ty, body| match ty {
                 PERF_RECORD_SAMPLE => {
-                    let pid = body
-                        .get(0..4)
-                        .map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
-                    let raw_len = body
-                        .get(8..12)
-                        .map(|b| u32::from_ne_bytes(b.try_into().unwrap()) as usize);
-                    if let (Some(pid), Some(n)) = (pid, raw_len) {
-                        if let Some(c) =
-                            body.get(12..12 + n).and_then(|raw| layout.decode(pid, raw))
-                        {
+                    let word = |i: usize| {
+                        body.get(i..i + 4)
+                            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    };
+                    if let (Some(pid), Some(n)) = (word(0), word(8)) {
+                        let raw = body.get(12..12 + n as usize);
+                        if let Some(c) = raw.and_then(|raw| layout.decode(pid, raw)) {
                             f(c);
                         }
                     }
                 }
                 PERF_RECORD_LOST => {
                     if let Some(b) = body.get(8..16) {
-                        *lost += u64::from_ne_bytes(b.try_into().unwrap());
+                        let mut w = [0u8; 8];
+                        w.copy_from_slice(b);
+                        *lost += u64::from_ne_bytes(w);
                     }
                 }
                 _ => {}
@@ -374,6 +350,136 @@ impl CloseTrace {
             tail_p.store(new_tail, Ordering::Release);
         }
     }
+
+    fn fds(&self) -> Vec<libc::pollfd> {
+        self.rings
+            .iter()
+            .map(|r| libc::pollfd {
+                fd: r.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    closes: Vec<Close>,
+    lost: u64,
+}
+
+/// The per-CPU tracepoint rings and the thread that empties them.
+pub struct CloseTrace {
+    /// Shared with the thread; the source also drains it directly so that
+    /// a close made just before a poll is seen in that poll.
+    reader: Arc<Mutex<Reader>>,
+    queue: Arc<Mutex<Queue>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Closes lost so far (rings or queue full).
+    pub lost: u64,
+}
+
+impl CloseTrace {
+    pub fn open() -> io::Result<CloseTrace> {
+        let dir = tracefs().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "tracepoint sock:inet_sock_set_state not found (is tracefs mounted at /sys/kernel/tracing?)",
+            )
+        })?;
+        let ev = dir.join("events/sock/inet_sock_set_state");
+        let id: u64 = std::fs::read_to_string(ev.join("id"))?
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad tracepoint id"))?;
+        let layout =
+            Layout::parse(&std::fs::read_to_string(ev.join("format"))?).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "unexpected tracepoint format")
+            })?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let rings = online_cpus()
+            .into_iter()
+            .map(|cpu| open_cpu(id, cpu, page))
+            .collect::<io::Result<Vec<_>>>()?;
+        let reader = Arc::new(Mutex::new(Reader {
+            rings,
+            layout,
+            lost: 0,
+        }));
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let reader = reader.clone();
+            let queue = queue.clone();
+            let stop = stop.clone();
+            let mut fds = lock(&reader).fds();
+            std::thread::Builder::new()
+                .name("close-trace".into())
+                .spawn(move || {
+                    let mut batch = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        // SAFETY: fds is a valid pollfd array; the
+                        // descriptors live as long as `reader`, which this
+                        // thread holds.
+                        unsafe {
+                            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100);
+                        }
+                        // Reader, then queue (the order `drain` takes them):
+                        // nothing drained is out of the queue while a poll
+                        // looks.
+                        let mut r = lock(&reader);
+                        r.drain(&mut |c| batch.push(c));
+                        let mut q = lock(&queue);
+                        q.lost += std::mem::take(&mut r.lost);
+                        let room = MAX_QUEUED.saturating_sub(q.closes.len());
+                        if batch.len() > room {
+                            q.lost += (batch.len() - room) as u64;
+                            batch.truncate(room);
+                        }
+                        q.closes.append(&mut batch);
+                    }
+                })?
+        };
+        Ok(CloseTrace {
+            reader,
+            queue,
+            stop,
+            thread: Some(thread),
+            lost: 0,
+        })
+    }
+
+    /// Every close recorded since the last call.
+    pub fn drain(&mut self, f: &mut dyn FnMut(Close)) {
+        // What the thread collected first (older), then the rings now.
+        let mut r = lock(&self.reader);
+        let (closes, lost) = {
+            let mut q = lock(&self.queue);
+            (std::mem::take(&mut q.closes), std::mem::take(&mut q.lost))
+        };
+        self.lost += lost;
+        for c in closes {
+            f(c);
+        }
+        r.drain(f);
+        self.lost += std::mem::take(&mut r.lost);
+    }
+}
+
+impl Drop for CloseTrace {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Recent closes by 4-tuple, kept for `keep` polls so a destroy notification
