@@ -28,6 +28,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod shipper;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -119,8 +120,7 @@ pub async fn start(
     }
     outflow_pki::install_ring_provider();
     let certs = outflow_pki::CertDir::new(&cfg.certs);
-    let server_tls = certs
-        .server_tls_with(&cfg.cert_stem)
+    let server_tls = tls::ingest_server_config(&certs, &cfg.cert_stem)
         .context("ingest TLS (mutual TLS is required)")?;
 
     std::fs::create_dir_all(&cfg.data)
@@ -458,12 +458,10 @@ pub async fn start(
         let mut sd = shutdown_rx.clone();
         let svc = ingest::IngestServer::new(svc, cfg.max_message_bytes);
         let router = tonic::transport::Server::builder()
-            .tls_config(server_tls)
-            .context("ingest TLS")?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(svc);
         tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tls::incoming(listener, server_tls, metrics.clone()),
             async move {
                 let _ = sd.wait_for(|v| *v).await;
             },

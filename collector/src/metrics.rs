@@ -15,10 +15,20 @@ pub enum RejectReason {
     SequenceZero,
     Overloaded,
     NotOwner,
+    /// TLS handshake: the client presented no certificate.
+    TlsNoCertificate,
+    /// TLS handshake: a certificate from another CA.
+    TlsUnknownCa,
+    /// TLS handshake: an expired (or not yet valid) certificate.
+    TlsExpired,
+    /// TLS handshake: another certificate problem (revoked, wrong usage…).
+    TlsBadCertificate,
+    /// TLS handshake: anything else (not TLS, protocol error, timeout).
+    TlsHandshake,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::Unauthenticated,
         RejectReason::HostMismatch,
         RejectReason::RoleNotAllowed,
@@ -28,6 +38,11 @@ impl RejectReason {
         RejectReason::SequenceZero,
         RejectReason::Overloaded,
         RejectReason::NotOwner,
+        RejectReason::TlsNoCertificate,
+        RejectReason::TlsUnknownCa,
+        RejectReason::TlsExpired,
+        RejectReason::TlsBadCertificate,
+        RejectReason::TlsHandshake,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +55,11 @@ impl RejectReason {
             RejectReason::SequenceZero => "sequence_zero",
             RejectReason::Overloaded => "overloaded",
             RejectReason::NotOwner => "redirected",
+            RejectReason::TlsNoCertificate => "tls_no_certificate",
+            RejectReason::TlsUnknownCa => "tls_unknown_ca",
+            RejectReason::TlsExpired => "tls_expired",
+            RejectReason::TlsBadCertificate => "tls_bad_certificate",
+            RejectReason::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -51,7 +71,7 @@ pub struct Metrics {
     pub duplicate_batches: AtomicU64,
     pub samples: AtomicU64,
     pub agent_dropped_events: AtomicU64,
-    pub rejects: [AtomicU64; 9],
+    pub rejects: [AtomicU64; 14],
     pub group_commits: AtomicU64,
     pub streams_open: AtomicI64,
     pub ingest_queue: AtomicI64,

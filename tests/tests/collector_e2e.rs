@@ -278,6 +278,18 @@ async fn refusals_no_cert_foreign_ca_expired_spoof_role_size_and_redirect() {
     assert_eq!(c.metrics.rejects_of(RejectReason::HostMismatch), 1);
     assert_eq!(c.metrics.rejects_of(RejectReason::RoleNotAllowed), 1);
     assert_eq!(c.metrics.rejects_of(RejectReason::TooLarge), 1);
+    // ... but every refused handshake was counted, by reason.
+    for r in [
+        RejectReason::TlsNoCertificate,
+        RejectReason::TlsUnknownCa,
+        RejectReason::TlsExpired,
+    ] {
+        wait_for(r.as_str(), Duration::from_secs(10), || {
+            c.metrics.rejects_of(r) >= 1
+        })
+        .await;
+    }
+    assert_eq!(c.metrics.rejects_of(RejectReason::TlsBadCertificate), 0);
 
     // Redirect: a second collector joins and owns some hosts.
     fleet.set_members(vec![
