@@ -88,6 +88,16 @@ struct OpenWindow {
 #[derive(Debug)]
 struct ProcState {
     meta: Arc<ProcMeta>,
+    /// Copies of `meta`'s hot fields: the per-record path reads these
+    /// without following the pointer (a cache miss per record otherwise).
+    start: Timestamp,
+    app: Arc<str>,
+    app_id: u32,
+    /// No start was seen for the pid: app `unknown`.
+    unknown: bool,
+    /// A service this process already reached on that day (so it is in the
+    /// host's day statistics): the common case skips their lookup.
+    last_service: Option<(i64, Arc<str>)>,
     ended: bool,
     last_activity: Timestamp,
     /// Open windows, oldest first (more than one while late data may come).
@@ -147,7 +157,8 @@ impl HostState {
 
 /// A window ready to be judged, detached from the host's borrow.
 struct ClosedWindow {
-    meta: Arc<ProcMeta>,
+    app: Arc<str>,
+    app_id: u32,
     start: Timestamp,
     end: Timestamp,
     out: u64,
@@ -440,13 +451,15 @@ impl Engine {
         let new_app = h.apps_seen.insert(app_id);
         let instances = h.procs.entry(p.pid).or_default();
         // Keep the instance list ordered by start; a duplicate start is ignored.
-        if instances
-            .iter()
-            .any(|s| s.meta.start == p.ts && s.meta.app == app)
-        {
+        if instances.iter().any(|s| s.start == p.ts && s.app == app) {
             return;
         }
         let state = ProcState {
+            start: meta.start,
+            app: meta.app.clone(),
+            app_id: meta.app_id,
+            unknown: false,
+            last_service: None,
             meta,
             ended: false,
             last_activity: p.ts,
@@ -461,7 +474,7 @@ impl Engine {
             day_upload_windows: 0,
             last_alert: None,
         };
-        let pos = instances.partition_point(|s| s.meta.start <= p.ts);
+        let pos = instances.partition_point(|s| s.start <= p.ts);
         instances.insert(pos, state);
         // Older instances of the pid are over (pid reuse).
         for s in instances.iter_mut().take(pos) {
@@ -480,7 +493,7 @@ impl Engine {
 
     fn on_process_end(&mut self, hid: usize, p: &ProcessEnd) {
         if let Some(v) = self.hosts[hid].procs.get_mut(&p.pid) {
-            if let Some(s) = v.iter_mut().rev().find(|s| s.meta.start <= p.ts) {
+            if let Some(s) = v.iter_mut().rev().find(|s| s.start <= p.ts) {
                 s.ended = true;
                 s.last_activity = s.last_activity.max(p.ts);
             }
@@ -538,7 +551,7 @@ impl Engine {
         };
         // The process: the latest start at or before ts; else app `unknown`.
         let instances = h.procs.entry(n.pid).or_default();
-        let idx = instances.iter().rposition(|s| s.meta.start <= n.ts);
+        let idx = instances.iter().rposition(|s| s.start <= n.ts);
         let idx = match idx {
             Some(i) => i,
             None => {
@@ -556,6 +569,11 @@ impl Engine {
                 instances.insert(
                     0,
                     ProcState {
+                        start: meta.start,
+                        app: meta.app.clone(),
+                        app_id: meta.app_id,
+                        unknown: true,
+                        last_service: None,
                         meta,
                         ended: false,
                         last_activity: n.ts,
@@ -577,11 +595,11 @@ impl Engine {
         let p = &mut instances[idx];
         // Every record of a pid whose start was never seen (a process really
         // named `unknown` has its own interned name, not this one).
-        if Arc::ptr_eq(&p.meta.app, unknown_app) {
+        if p.unknown {
             self.stats.unknown_pid_records += 1;
         }
         p.last_activity = p.last_activity.max(n.ts);
-        let app_id = p.meta.app_id;
+        let app_id = p.app_id;
         let day = n.ts.day();
         if day > p.day {
             p.day = day;
@@ -640,10 +658,19 @@ impl Engine {
             }
         }
         // Daily statistics of the host for the app.
+        // A day inside the horizon has never been pruned, so a service this
+        // process already put in it is still there.
+        let service_known = day >= self.pruned_day - i64::from(self.cfg.horizon_days) + 1
+            && p.last_service
+                .as_ref()
+                .is_some_and(|(d, s)| *d == day && Arc::ptr_eq(s, &service));
         let entry = h.app_days.entry((app_id, day)).or_default();
         let needs_update = !entry.active
-            || !entry.services.contains_key(service.as_ref())
+            || (!service_known && !entry.services.contains_key(service.as_ref()))
             || volume_bucket(entry.out_total) != volume_bucket(entry.out_total + n.bytes_out);
+        if !service_known {
+            p.last_service = Some((day, service.clone()));
+        }
         if needs_update {
             let before = entry.indicators();
             entry.active = true;
@@ -659,7 +686,7 @@ impl Engine {
                 after: Some(false),
             }];
             self.local.apply_host_change(
-                &p.meta.app,
+                &p.app,
                 day,
                 before,
                 entry.indicators(),
@@ -689,7 +716,7 @@ impl Engine {
                     let end = w.start.saturating_add_us(window_us);
                     if end <= watermark {
                         let w = p.windows.remove(0);
-                        closed.push(detach(p, w, window_us));
+                        closed.push(detach(pid, p, w, window_us));
                     } else {
                         next = next.min(end);
                         open = true;
@@ -711,9 +738,7 @@ impl Engine {
         }
         // Judge in a deterministic order.
         if closed.len() > 1 {
-            closed.sort_unstable_by(|a, b| {
-                (a.start, a.meta.pid, a.meta.start).cmp(&(b.start, b.meta.pid, b.meta.start))
-            });
+            closed.sort_unstable_by(|a, b| (a.start, a.pid_index).cmp(&(b.start, b.pid_index)));
         }
         for c in closed.drain(..) {
             self.judge(hid, c);
@@ -752,8 +777,8 @@ impl Engine {
     /// and folds the window into the host's daily statistics.
     fn judge(&mut self, hid: usize, mut c: ClosedWindow) {
         self.stats.windows_closed += 1;
-        let app = c.meta.app.clone();
-        let app_id = c.meta.app_id;
+        let app = c.app.clone();
+        let app_id = c.app_id;
         let day = Timestamp(c.end.0 - 1).day();
         let window_bucket = volume_bucket(c.out);
         let judged_ratio = c.out >= self.cfg.min_window_out_bytes / 16;
@@ -776,7 +801,7 @@ impl Engine {
         let live_proc = self.hosts[hid]
             .procs
             .get(&c.pid_index.0)
-            .and_then(|v| v.iter().find(|p| p.meta.start == c.pid_index.1));
+            .and_then(|v| v.iter().find(|p| p.start == c.pid_index.1));
         let live = live_proc.map(|p| {
             (
                 p.last_alert,
@@ -806,7 +831,18 @@ impl Engine {
                 day_dests,
             ));
         }
-        if !findings.is_empty() {
+        // The process's details, for alerts (always there: windows are
+        // judged before the process table is swept).
+        let meta = if findings.is_empty() {
+            None
+        } else {
+            self.hosts[hid]
+                .procs
+                .get(&c.pid_index.0)
+                .and_then(|v| v.iter().find(|p| p.start == c.pid_index.1))
+                .map(|p| p.meta.clone())
+        };
+        if let Some(meta) = meta {
             let oldest = day - i64::from(self.cfg.horizon_days) + 1;
             let h = &self.hosts[hid];
             let host = h.name.clone();
@@ -831,7 +867,7 @@ impl Engine {
                     cfg: &self.cfg,
                     kind,
                     app: &app,
-                    parent_app: c.meta.parent_app.as_deref(),
+                    parent_app: meta.parent_app.as_deref(),
                     out,
                     inb,
                     service: &service,
@@ -895,16 +931,16 @@ impl Engine {
                 destinations.sort_by(|a, b| b.bytes_out.cmp(&a.bytes_out).then(a.ip.cmp(&b.ip)));
                 destinations.truncate(10);
                 let alert = Alert {
-                    id: alert_id(host, c.meta.pid, c.meta.start.0, &app, kind_s, start.0),
+                    id: alert_id(host, meta.pid, meta.start.0, &app, kind_s, start.0),
                     analytic: ANALYTIC.to_string(),
                     host: host.to_string(),
-                    pid: c.meta.pid,
-                    ppid: c.meta.ppid,
+                    pid: meta.pid,
+                    ppid: meta.ppid,
                     app: app.to_string(),
-                    exe: c.meta.exe.clone(),
-                    cmdline: c.meta.cmdline.clone(),
-                    user: c.meta.user.clone(),
-                    parent_app: c.meta.parent_app.as_deref().map(str::to_string),
+                    exe: meta.exe.clone(),
+                    cmdline: meta.cmdline.clone(),
+                    user: meta.user.clone(),
+                    parent_app: meta.parent_app.as_deref().map(str::to_string),
                     window_start: start.to_rfc3339(),
                     window_end: c.end.to_rfc3339(),
                     bytes_out: out,
@@ -917,7 +953,7 @@ impl Engine {
                     reasons: scored.reasons,
                     kind: kind_s.to_string(),
                     baseline: if scored.thin { "thin" } else { "established" }.to_string(),
-                    process_start: Some(c.meta.start.to_rfc3339()),
+                    process_start: Some(meta.start.to_rfc3339()),
                 };
                 self.stats.alerts += 1;
                 self.alerts.push(alert);
@@ -927,7 +963,7 @@ impl Engine {
         {
             let h = &mut self.hosts[hid];
             if let Some(v) = h.procs.get_mut(&c.pid_index.0) {
-                if let Some(p) = v.iter_mut().find(|p| p.meta.start == c.pid_index.1) {
+                if let Some(p) = v.iter_mut().find(|p| p.start == c.pid_index.1) {
                     p.last_alert = last_alert;
                     if p.day == day {
                         p.cum_judged_bucket = p.cum_judged_bucket.max(new_cum_bucket);
@@ -1046,14 +1082,15 @@ fn catalogue_with(policy: &Policy) -> Catalogue {
     catalogue
 }
 
-fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
+fn detach(pid: u32, p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
     let end = w.start.saturating_add_us(window_us);
     p.closed_through = p.closed_through.max(end);
     if w.out >= UPLOAD_WINDOW_BYTES && Timestamp(end.0 - 1).day() == p.day {
         p.day_upload_windows += 1;
     }
     ClosedWindow {
-        meta: p.meta.clone(),
+        app: p.app.clone(),
+        app_id: p.app_id,
         start: w.start,
         end,
         out: w.out,
@@ -1065,7 +1102,7 @@ fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
         cum_judged_bucket: p.cum_judged_bucket,
         day_upload_windows: p.day_upload_windows,
         last_alert: p.last_alert,
-        pid_index: (p.meta.pid, p.meta.start),
+        pid_index: (pid, p.start),
     }
 }
 
