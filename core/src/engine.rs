@@ -660,7 +660,10 @@ impl Engine {
         // Daily statistics of the host for the app.
         // A day inside the horizon has never been pruned, so a service this
         // process already put in it is still there.
-        let service_known = day >= self.pruned_day - i64::from(self.cfg.horizon_days) + 1
+        let service_known = day
+            > self
+                .pruned_day
+                .saturating_sub(i64::from(self.cfg.horizon_days))
             && p.last_service
                 .as_ref()
                 .is_some_and(|(d, s)| *d == day && Arc::ptr_eq(s, &service));
