@@ -741,7 +741,7 @@ impl Engine {
         }
         // Judge in a deterministic order.
         if closed.len() > 1 {
-            closed.sort_unstable_by(|a, b| (a.start, a.pid_index).cmp(&(b.start, b.pid_index)));
+            closed.sort_unstable_by_key(|a| (a.start, a.pid_index));
         }
         for c in closed.drain(..) {
             self.judge(hid, c);
