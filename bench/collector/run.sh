@@ -5,7 +5,7 @@
 #  2. 5,000 agents at 1 Hz to one collector (CPU, memory) with upload bursts,
 #     and the latency from a window's close to its alert reaching OTLP.
 # Each server runs as its own process so the CPU split can be read from /proc.
-# FLEET=0 skips part 2. The bench binary uses the `outflow` binary's allocator
+# FLEET=0 skips part 2, ROUNDS=0 part 1. The bench binary uses the `outflow` binary's allocator
 # (mimalloc) for both servers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,7 +48,7 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "{\"round\": $r, \"mode\": \"$mode\", \"r\": $OUT}" >> "$RES"
   done
 done
-python3 - "$RES" <<'PY'
+[ "$ROUNDS" -gt 0 ] && python3 - "$RES" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ratios = []

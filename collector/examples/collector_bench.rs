@@ -321,12 +321,21 @@ fn main() -> anyhow::Result<()> {
                 window,
             } => {
                 if mode == "noop" {
-                    let tls = CertDir::new(&certs).server_tls()?;
+                    // The collector's own TLS acceptor: the same handshake,
+                    // verification and record layer on both sides.
+                    let tls = outflow_collector::tls::ingest_server_config(
+                        &CertDir::new(&certs),
+                        "server",
+                    )?;
+                    let listener = tokio::net::TcpListener::bind(listen).await?;
+                    let metrics = Arc::new(outflow_collector::Metrics::default());
                     println!("ready noop {listen}");
                     tonic::transport::Server::builder()
-                        .tls_config(tls)?
+                        .http2_keepalive_interval(Some(Duration::from_secs(30)))
                         .add_service(pb::ingest_server::IngestServer::new(Noop))
-                        .serve(listen)
+                        .serve_with_incoming(outflow_collector::tls::incoming(
+                            listener, tls, metrics,
+                        ))
                         .await?;
                 } else {
                     let mut cfg = CollectorConfig {
