@@ -1,4 +1,4 @@
-//! Wiring one aggregator node: sled log, Raft thread, gRPC server (Raft
+//! Wiring one aggregator node: write-ahead Raft log, Raft thread, gRPC server (Raft
 //! transport, Fleet, Admin) and the admin HTTP API, with one shutdown.
 
 use crate::api::{self, ApiMetrics, ApiState, ConnInfo, TlsListener};
@@ -6,7 +6,7 @@ use crate::config::AggregatorConfig;
 use crate::grpc::{AdminService, FleetService};
 use crate::node::transport::{GrpcTransport, RaftService, MAX_MESSAGE_BYTES};
 use crate::node::{Node, NodeHandle, NodeOptions};
-use crate::raft::SledDisk;
+use crate::raft::{Disk, SledDisk, WalDisk};
 use anyhow::Context as _;
 use outflow_pki::CertDir;
 use outflow_proto::pb;
@@ -59,9 +59,24 @@ pub async fn start_aggregator(cfg: AggregatorConfig) -> anyhow::Result<RunningAg
     outflow_pki::install_ring_provider();
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("creating data directory {}", cfg.data.display()))?;
-    let log_dir = cfg.data.join("raft-log");
-    let disk = SledDisk::open(&log_dir)
-        .with_context(|| format!("opening the Raft log in {}", log_dir.display()))?;
+    let log_dir = cfg.data.join("raft-wal");
+    let sled_dir = cfg.data.join("raft-log");
+    let disk = if !WalDisk::exists(&log_dir) && sled_dir.exists() {
+        // Earlier versions kept the log in sled: carry it over once.
+        let p = SledDisk::open(&sled_dir)
+            .and_then(|d| d.load())
+            .with_context(|| format!("reading the Raft log in {}", sled_dir.display()))?;
+        let d = WalDisk::create_with(&log_dir, &p)
+            .with_context(|| format!("writing the Raft log to {}", log_dir.display()))?;
+        tracing::info!(from = %sled_dir.display(), to = %log_dir.display(), "Raft log moved to the write-ahead log file; the old directory is no longer read and can be deleted");
+        d
+    } else {
+        WalDisk::open(&log_dir)
+            .with_context(|| format!("opening the Raft log in {}", log_dir.display()))?
+    };
+    if disk.dropped_on_open() > 0 {
+        tracing::warn!(bytes = disk.dropped_on_open(), "dropped an incomplete write at the end of the Raft log (interrupted by a crash before it was synced)");
+    }
     let certs = cfg.certs.as_ref().map(CertDir::new);
     let client_tls = match &certs {
         Some(c) => Some(

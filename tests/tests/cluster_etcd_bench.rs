@@ -1,7 +1,10 @@
 //! The etcd side of the aggregator throughput benchmark: a local 3-member
 //! etcd cluster (Debian `etcd-server`) loaded with the same client pattern as
 //! `cluster_process::throughput_bench` (same clients, 4 HTTP/2 connections,
-//! to the leader, one write per request) through etcd's native gRPC `KV/Put`.
+//! to the leader, one write per request) through etcd's native gRPC `KV/Put`,
+//! with mutual TLS on client and peer connections like the aggregators
+//! (certificates from the same dev CA; `OUTFLOW_BENCH_ETCD_TLS=0` for
+//! plaintext).
 //! Not in CI; run by bench/aggregator/run.sh:
 //! `cargo test --release -p outflow-tests --test cluster_etcd_bench -- --ignored --nocapture`.
 
@@ -83,12 +86,43 @@ async fn etcd_throughput_bench() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     let etcd_bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+    let tls = std::env::var("OUTFLOW_BENCH_ETCD_TLS").map_or(true, |v| v != "0");
     let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    outflow_pki::generate_dev(&certs, &Default::default()).unwrap();
+    let pem = |f: &str| certs.join(f).display().to_string();
+    let scheme = if tls { "https" } else { "http" };
+    let tls_args: Vec<String> = if tls {
+        [
+            ("--cert-file", pem("server.pem")),
+            ("--key-file", pem("server-key.pem")),
+            ("--trusted-ca-file", pem("ca.pem")),
+            ("--client-cert-auth", "true".into()),
+            ("--peer-cert-file", pem("server.pem")),
+            ("--peer-key-file", pem("server-key.pem")),
+            ("--peer-trusted-ca-file", pem("ca.pem")),
+            ("--peer-client-cert-auth", "true".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let ctl_tls: Vec<String> = if tls {
+        vec![
+            format!("--cacert={}", pem("ca.pem")),
+            format!("--cert={}", pem("server.pem")),
+            format!("--key={}", pem("server-key.pem")),
+        ]
+    } else {
+        Vec::new()
+    };
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let cluster: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}"))
+        .map(|(i, (_, p))| format!("e{i}={scheme}://127.0.0.1:{p}"))
         .collect();
     let mut procs = Vec::new();
     for (i, (c, p)) in ports.iter().enumerate() {
@@ -100,13 +134,13 @@ async fn etcd_throughput_bench() {
                 "--data-dir",
                 &dir.path().join(format!("e{i}")).display().to_string(),
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{c}"),
+                &format!("{scheme}://127.0.0.1:{c}"),
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{c}"),
+                &format!("{scheme}://127.0.0.1:{c}"),
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{p}"),
+                &format!("{scheme}://127.0.0.1:{p}"),
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{p}"),
+                &format!("{scheme}://127.0.0.1:{p}"),
                 "--initial-cluster",
                 &cluster.join(","),
                 "--initial-cluster-state",
@@ -114,6 +148,7 @@ async fn etcd_throughput_bench() {
                 "--initial-cluster-token",
                 "outflow-bench",
             ])
+            .args(&tls_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -135,6 +170,7 @@ async fn etcd_throughput_bench() {
         );
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
+            .args(&ctl_tls)
             .args([
                 "--endpoints",
                 &endpoints.join(","),
@@ -159,14 +195,23 @@ async fn etcd_throughput_bench() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let leader_ep = leader_ep.trim_start_matches("http://").to_string();
+    let leader_ep = leader_ep
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .to_string();
     let mut conns = Vec::new();
     for _ in 0..4 {
-        let ch = Endpoint::from_shared(format!("http://{leader_ep}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{leader_ep}")).unwrap();
+        if tls {
+            ep = ep
+                .tls_config(
+                    outflow_pki::CertDir::new(&certs)
+                        .client_tls_for("server", "127.0.0.1")
+                        .unwrap(),
+                )
+                .unwrap();
+        }
+        let ch = ep.connect().await.unwrap();
         conns.push(tonic::client::Grpc::new(ch));
     }
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -195,10 +240,11 @@ async fn etcd_throughput_bench() {
     lat.sort();
     let n = lat.len();
     println!(
-        "BENCH etcd_writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} clients={clients} secs={secs} writes={n} value_bytes={value_len}",
+        "BENCH etcd_writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} clients={clients} secs={secs} writes={n} value_bytes={value_len} tls={}",
         n as f64 / secs as f64,
         percentile(&lat, 0.5).as_secs_f64() * 1e3,
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        if tls { "mutual" } else { "off" },
     );
     assert!(n > 0, "no etcd write succeeded");
 }

@@ -770,11 +770,32 @@ async fn throughput_bench() {
     }
     lat.sort();
     let n = lat.len();
+    // Sizes of one write: the gRPC request, and the command in the log (the
+    // node pads the histograms to the engine's fixed bucket counts).
+    let sample = pb::PartialBatch {
+        collector_id: "bench-10".into(),
+        epoch: 1000,
+        partials: vec![partial("app-10", 1000)],
+    };
+    let log_bytes = outflow_aggregator::state::codec::encode(
+        &outflow_aggregator::state::Command::SubmitPartials {
+            collector_id: sample.collector_id.clone(),
+            epoch: sample.epoch,
+            partials: sample
+                .partials
+                .iter()
+                .cloned()
+                .map(outflow_proto::partial_from_pb)
+                .collect(),
+        },
+    )
+    .len();
     println!(
-        "BENCH outflow_writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} clients={clients} secs={secs} writes={n}",
+        "BENCH outflow_writes_per_s={:.0} p50_ms={:.2} p99_ms={:.2} clients={clients} secs={secs} writes={n} request_bytes={} log_bytes={log_bytes} tls=mutual",
         n as f64 / secs as f64,
         percentile(&lat, 0.5).as_secs_f64() * 1e3,
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        prost::Message::encoded_len(&sample),
     );
     assert!(n > 0);
 }

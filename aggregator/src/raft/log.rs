@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 pub enum DiskError {
     #[error("raft storage I/O error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("raft log file I/O error: {0}")]
+    Io(String),
     #[error("raft storage holds an undecodable {what}: {source}")]
     Decode {
         what: &'static str,

@@ -4,12 +4,14 @@
 pub mod log;
 mod logger;
 pub mod replica;
+pub mod wal;
 
 pub use log::{Disk, DiskError, LogOp, MemDisk, Persisted, RaftLog, SledDisk};
 pub use replica::{
     single_change, Applied, AppliedKind, Bootstrap, ConfChangeContext, PersistJob, ReadyOutcome,
     Replica, ReplicaConfig, ReplicaCounters, ReplicaError, ReplicaStatus,
 };
+pub use wal::WalDisk;
 
 /// raft-rs's protobuf types, for drivers and tests.
 pub use ::raft::eraftpb;
