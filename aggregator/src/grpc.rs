@@ -58,6 +58,8 @@ fn authorize<T>(req: &Request<T>, require: bool, what: &str) -> Result<String, S
 pub struct FleetService {
     pub node: NodeHandle,
     pub require_identity: bool,
+    /// Becomes true when the server shuts down: feed streams end then.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The feed views, built from the state under one read lock.
@@ -145,6 +147,7 @@ impl pb::fleet_server::Fleet for FleetService {
         authorize(&request, self.require_identity, "watch the feed")?;
         let req = request.into_inner();
         let node = self.node.clone();
+        let mut shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut sent = (
@@ -187,8 +190,14 @@ impl pb::fleet_server::Fleet for FleetService {
                 }
                 first = false;
                 // At most one update per 500 ms: baselines are large.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = tokio::time::timeout(Duration::from_secs(5), status.changed()).await;
+                let wait = async {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), status.changed()).await;
+                };
+                tokio::select! {
+                    _ = wait => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
                 if tx.is_closed() {
                     return;
                 }

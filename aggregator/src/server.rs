@@ -37,14 +37,20 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
 
 impl RunningAggregator {
     /// Stop serving, stop the Raft thread (its log is synced), and wait.
-    pub async fn stop(mut self) {
+    /// True when the servers stopped by themselves; false when one of them
+    /// had to be abandoned after 5 s.
+    pub async fn stop(mut self) -> bool {
         let _ = self.shutdown.send(true);
+        let mut clean = true;
         for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            clean &= tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_ok();
         }
         if let Some(mut n) = self.raft.take() {
             let _ = tokio::task::spawn_blocking(move || n.stop()).await;
         }
+        clean
     }
 }
 
@@ -127,6 +133,7 @@ pub async fn start_aggregator(cfg: AggregatorConfig) -> anyhow::Result<RunningAg
             pb::raft_transport_server::RaftTransportServer::new(RaftService {
                 node: handle.clone(),
                 require_identity,
+                shutdown: sd_rx.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -135,6 +142,7 @@ pub async fn start_aggregator(cfg: AggregatorConfig) -> anyhow::Result<RunningAg
             pb::fleet_server::FleetServer::new(FleetService {
                 node: handle.clone(),
                 require_identity,
+                shutdown: sd_rx.clone(),
             })
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),

@@ -304,7 +304,10 @@ async fn three_nodes_replicate_fleet_state_over_mtls_and_survive_losing_the_lead
 
     // Lose the leader: a new one is elected and writes go on.
     let old = c.nodes[(leader - 1) as usize].take().unwrap();
-    old.stop().await;
+    assert!(
+        old.stop().await,
+        "a clean stop ends every server (peer streams, feeds) without its timeout"
+    );
     let t0 = Instant::now();
     let new_leader = c.leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);

@@ -223,6 +223,9 @@ pub struct RaftService {
     pub node: NodeHandle,
     /// Require a cluster-member client certificate (off only without TLS).
     pub require_identity: bool,
+    /// Becomes true when the server shuts down: peers' streams end then
+    /// (they never end by themselves, and a graceful shutdown waits for them).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 fn check_member<T>(req: &tonic::Request<T>, require: bool) -> Result<String, tonic::Status> {
@@ -258,7 +261,13 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         check_member(&request, self.require_identity)?;
         let mut stream = request.into_inner();
         let me = self.node.id();
-        while let Some(env) = stream.message().await? {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let env = tokio::select! {
+                m = stream.message() => m?,
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            };
+            let Some(env) = env else { break };
             if env.to != me {
                 return Err(tonic::Status::invalid_argument(format!(
                     "message for node {} sent to node {me}",
