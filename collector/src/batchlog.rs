@@ -103,6 +103,11 @@ pub fn idx_of(segment: u64, offset: u64) -> u64 {
     (segment << OFFSET_BITS) | offset
 }
 
+/// The segment a record is in.
+pub fn segment_of(idx: u64) -> u64 {
+    idx >> OFFSET_BITS
+}
+
 fn split_idx(idx: u64) -> (u64, u64) {
     (idx >> OFFSET_BITS, idx & ((1 << OFFSET_BITS) - 1))
 }

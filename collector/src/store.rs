@@ -4,7 +4,9 @@
 //!
 //! * `ingest`: `H<host>` → the highest sequence accepted for the host (dedup,
 //!   survives restarts and log compaction); `I<host>\0<max_ts><idx>` →
-//!   `<min_ts>`, an index for evidence by host and time; `W` → the log
+//!   `<min_ts><idx>…`, an index for evidence by host and time (one entry per
+//!   host, log segment and index write: the positions of that host's batches,
+//!   `idx` the first; `max_ts`/`min_ts` span them all); `W` → the log
 //!   position indexed so far. These are written after the batches are
 //!   durable in the log, off the acknowledgement path, and repaired from the
 //!   log on start.
@@ -226,15 +228,28 @@ impl Store {
     pub fn index(&self, entries: &[IndexEntry]) -> Result<(), StoreError> {
         let mut wb = sled::Batch::default();
         let mut hwm: HashMap<&str, u64> = HashMap::new();
+        // One entry per (host, segment): a few sled writes per group commit
+        // instead of one per batch.
+        let mut groups: HashMap<(&str, u64), (i64, i64, Vec<u64>)> = HashMap::new();
         let mut top = None;
         for e in entries {
-            wb.insert(
-                index_key(&e.host, e.max_ts, e.idx),
-                ord_i64(e.min_ts).to_vec(),
-            );
+            let g = groups
+                .entry((e.host.as_str(), crate::batchlog::segment_of(e.idx)))
+                .or_insert((i64::MAX, i64::MIN, Vec::new()));
+            g.0 = g.0.min(e.min_ts);
+            g.1 = g.1.max(e.max_ts);
+            g.2.push(e.idx);
             let h = hwm.entry(e.host.as_str()).or_insert(0);
             *h = (*h).max(e.sequence);
             top = top.max(Some(e.idx));
+        }
+        for ((host, _), (min_ts, max_ts, idxs)) in groups {
+            let mut v = Vec::with_capacity(8 + 8 * idxs.len());
+            v.extend_from_slice(&ord_i64(min_ts));
+            for i in &idxs {
+                v.extend_from_slice(&be(*i));
+            }
+            wb.insert(index_key(host, max_ts, idxs[0]), v);
         }
         for (host, seq) in hwm {
             wb.insert(hwm_key(host), be(seq).to_vec());
@@ -286,11 +301,18 @@ impl Store {
             if min_ts > end {
                 continue;
             }
-            let Some(idx) = read_u64(&k[k.len() - 8..]) else {
+            let Some(first) = read_u64(&k[k.len() - 8..]) else {
                 continue;
             };
-            if let Some(r) = self.log.read(idx)? {
-                out.push(StoredBatch::decode(r)?);
+            let idxs: Vec<u64> = if v.len() > 8 {
+                v[8..].chunks_exact(8).filter_map(read_u64).collect()
+            } else {
+                vec![first]
+            };
+            for idx in idxs {
+                if let Some(r) = self.log.read(idx)? {
+                    out.push(StoredBatch::decode(r)?);
+                }
             }
         }
         Ok(out)
@@ -494,6 +516,36 @@ mod tests {
         assert_eq!(s.log_len(), 1);
         assert_eq!(s.load_high_water().unwrap().get("b"), Some(&1));
         assert!(s.batches_of_host("a", 0, 10_000_000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_index_entry_covers_a_hosts_batches_of_a_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        commit(
+            &s,
+            &[
+                nb("d", 1, 10, 0),
+                nb("e", 1, 10, 0),
+                nb("d", 2, 11, 100_000_000),
+            ],
+        );
+        let entries = s.ingest.scan_prefix(b"Id").count();
+        assert_eq!(entries, 1);
+        let seqs: Vec<u64> = s
+            .batches_of_host("d", 0, 200_000_000)
+            .unwrap()
+            .iter()
+            .map(|b| b.batch.sequence)
+            .collect();
+        assert_eq!(seqs, vec![1, 2]);
+        // The entry spans event time 0..101 s: nothing after it.
+        assert!(s
+            .batches_of_host("d", 150_000_000, 300_000_000)
+            .unwrap()
+            .is_empty());
+        assert_eq!(s.batches_of_host("e", 0, 1).unwrap().len(), 1);
+        assert_eq!(s.load_high_water().unwrap().get("d"), Some(&2));
     }
 
     #[tokio::test]
