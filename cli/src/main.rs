@@ -14,6 +14,7 @@ mod demo;
 mod demo_cluster;
 mod eval;
 mod replay;
+mod replay_sharded;
 mod sim;
 
 #[derive(Parser)]

@@ -132,6 +132,18 @@ pub struct ReplayArgs {
     /// Print a JSON summary on stderr instead of text.
     #[arg(long)]
     pub json_summary: bool,
+    /// Split the hosts over this many engines on as many threads, which
+    /// swap baselines every ~250 k lines the way collectors do (1: one
+    /// engine sees every host at once). Alerts are the same for a given
+    /// number of shards on every run; not with --strict.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub shards: u16,
+    /// With --shards: lines per chunk handed to a shard (tests, tuning).
+    #[arg(long, hide = true, default_value_t = 4096)]
+    pub shard_chunk_lines: usize,
+    /// With --shards: chunks between baseline exchanges (tests, tuning).
+    #[arg(long, hide = true, default_value_t = 64)]
+    pub shard_exchange_chunks: u64,
     #[command(flatten)]
     pub engine: EngineFlags,
 }
@@ -167,9 +179,11 @@ const BATCH_LINES: usize = 2048;
 /// Batches in flight between the two threads: bounds memory.
 const BATCHES_IN_FLIGHT: usize = 8;
 
+/// (line number, parse result), in input order; blank lines skipped.
+type ParsedLines = Vec<(u64, Result<Event, ParseError>)>;
+
 struct ParsedBatch {
-    /// (line number, parse result), in input order; blank lines skipped.
-    lines: Vec<(u64, Result<Event, ParseError>)>,
+    lines: ParsedLines,
     bytes: u64,
     last_line: u64,
 }
@@ -188,20 +202,24 @@ pub fn run_stream(
     let mut s = ReplaySummary::default();
     let idle_us = engine.config().lateness_us() + engine.config().window_us() + 300_000_000;
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<ParsedBatch>>(BATCHES_IN_FLIGHT);
+    // Spent batches go back to the parser thread, which frees their events
+    // (cheaper on the thread that allocated them) and reuses the vectors.
+    let (back_tx, back_rx) = std::sync::mpsc::sync_channel::<ParsedLines>(BATCHES_IN_FLIGHT);
     let outcome = std::thread::scope(|scope| -> anyhow::Result<Option<StrictStop>> {
         // Owned here: returning early drops it, which stops the parser.
         let rx = rx;
-        scope.spawn(move || parse_batches(input, &tx));
+        scope.spawn(move || parse_batches(input, &tx, &back_rx));
         let mut bytes = 0u64;
         for batch in rx.iter() {
             let batch = batch.context("reading input")?;
             bytes += batch.bytes;
             s.lines = batch.last_line;
-            for (line_no, parsed) in batch.lines {
+            for (line_no, parsed) in &batch.lines {
+                let line_no = *line_no;
                 match parsed {
                     Ok(ev) => {
                         s.events += 1;
-                        engine.ingest(&ev);
+                        engine.ingest(ev);
                     }
                     Err(error) => {
                         s.rejected += 1;
@@ -216,7 +234,7 @@ pub fn run_stream(
                             // Dropping the receiver stops the parser.
                             return Ok(Some(StrictStop {
                                 line: line_no,
-                                error,
+                                error: error.clone(),
                             }));
                         }
                     }
@@ -236,6 +254,8 @@ pub fn run_stream(
                 on_alert(&a)?;
             }
             on_progress(bytes);
+            // If the parser has finished (or is behind on frees), drop here.
+            let _ = back_tx.try_send(batch.lines);
         }
         Ok(None)
     })?;
@@ -249,12 +269,20 @@ pub fn run_stream(
 fn parse_batches(
     input: &mut (dyn BufRead + Send),
     tx: &std::sync::mpsc::SyncSender<io::Result<ParsedBatch>>,
+    back: &std::sync::mpsc::Receiver<ParsedLines>,
 ) {
     let mut buf = Vec::with_capacity(512);
     let mut line_no = 0u64;
     loop {
+        let lines = match back.try_recv() {
+            Ok(mut spent) => {
+                spent.clear();
+                spent
+            }
+            Err(_) => Vec::with_capacity(BATCH_LINES),
+        };
         let mut batch = ParsedBatch {
-            lines: Vec::with_capacity(BATCH_LINES),
+            lines,
             bytes: 0,
             last_line: line_no,
         };
@@ -373,8 +401,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
+    if args.shards > 1 && args.strict {
+        bail!("--strict stops at the first bad line of one ordered stream: use it with --shards 1");
+    }
     let bar = progress_bar(len);
-    let mut engine = Engine::new(cfg, policy);
+    let mut engine = Engine::new(cfg.clone(), policy.clone());
     let mut on_alert = |a: &Alert| -> io::Result<()> {
         out.write_all(a.to_json().as_bytes())?;
         out.write_all(b"\n")
@@ -384,13 +415,29 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             bar.set_position(b);
         }
     };
-    let result = run_stream(
-        &mut input,
-        &mut engine,
-        args.strict,
-        &mut on_alert,
-        &mut on_progress,
-    )?;
+    let result = if args.shards > 1 {
+        let engines = (0..args.shards)
+            .map(|_| Engine::new(cfg.clone(), policy.clone()))
+            .collect();
+        Ok(crate::replay_sharded::run_sharded(
+            &mut input,
+            engines,
+            crate::replay_sharded::ShardOptions {
+                chunk_lines: args.shard_chunk_lines,
+                exchange_chunks: args.shard_exchange_chunks,
+            },
+            &mut on_alert,
+            &mut on_progress,
+        )?)
+    } else {
+        run_stream(
+            &mut input,
+            &mut engine,
+            args.strict,
+            &mut on_alert,
+            &mut on_progress,
+        )?
+    };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

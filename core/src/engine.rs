@@ -53,6 +53,42 @@ pub struct EngineStats {
     pub live_processes: u64,
 }
 
+impl EngineStats {
+    /// Adds another engine's counters (engines sharing out one input).
+    pub fn add(&mut self, o: &EngineStats) {
+        let EngineStats {
+            events,
+            net_records,
+            internal_records,
+            non_https_records,
+            unknown_pid_records,
+            late_records,
+            windows_closed,
+            windows_judged,
+            alerts,
+            suppressed,
+            learning,
+            repeats,
+            hosts,
+            live_processes,
+        } = o;
+        self.events += events;
+        self.net_records += net_records;
+        self.internal_records += internal_records;
+        self.non_https_records += non_https_records;
+        self.unknown_pid_records += unknown_pid_records;
+        self.late_records += late_records;
+        self.windows_closed += windows_closed;
+        self.windows_judged += windows_judged;
+        self.alerts += alerts;
+        self.suppressed += suppressed;
+        self.learning += learning;
+        self.repeats += repeats;
+        self.hosts += hosts;
+        self.live_processes += live_processes;
+    }
+}
+
 #[derive(Debug)]
 struct ProcMeta {
     app: Arc<str>,

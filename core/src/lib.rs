@@ -11,6 +11,7 @@ pub mod baseline;
 pub mod catalogue;
 pub mod config;
 pub mod engine;
+mod fastjson;
 pub mod policy;
 pub mod score;
 pub mod shard;

@@ -280,44 +280,44 @@ impl ParseError {
     }
 }
 
-#[derive(Deserialize)]
-struct RawLine<'a> {
+#[derive(Deserialize, Default)]
+pub(crate) struct RawLine<'a> {
     #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    pub(crate) kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    ts: Option<Cow<'a, str>>,
+    pub(crate) ts: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    host: Option<Cow<'a, str>>,
-    pid: Option<u32>,
+    pub(crate) host: Option<Cow<'a, str>>,
+    pub(crate) pid: Option<u32>,
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    ppid: Option<u32>,
+    pub(crate) name: Option<Cow<'a, str>>,
+    pub(crate) ppid: Option<u32>,
     #[serde(borrow)]
-    exe: Option<Cow<'a, str>>,
+    pub(crate) exe: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    cmdline: Option<Cow<'a, str>>,
+    pub(crate) cmdline: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    user: Option<Cow<'a, str>>,
+    pub(crate) user: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    parent_name: Option<Cow<'a, str>>,
+    pub(crate) parent_name: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    dst_ip: Option<Cow<'a, str>>,
-    dst_port: Option<u16>,
-    bytes_out: Option<u64>,
-    bytes_in: Option<u64>,
+    pub(crate) dst_ip: Option<Cow<'a, str>>,
+    pub(crate) dst_port: Option<u16>,
+    pub(crate) bytes_out: Option<u64>,
+    pub(crate) bytes_in: Option<u64>,
     #[serde(borrow)]
-    proto: Option<Cow<'a, str>>,
+    pub(crate) proto: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    sni: Option<Cow<'a, str>>,
+    pub(crate) sni: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    domain: Option<Cow<'a, str>>,
+    pub(crate) domain: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    query: Option<Cow<'a, str>>,
+    pub(crate) query: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    answers: Option<Vec<Cow<'a, str>>>,
+    pub(crate) answers: Option<Vec<Cow<'a, str>>>,
     #[serde(borrow)]
-    os: Option<Cow<'a, str>>,
-    labels: Option<BTreeMap<String, String>>,
+    pub(crate) os: Option<Cow<'a, str>>,
+    pub(crate) labels: Option<BTreeMap<String, String>>,
 }
 
 fn own(c: Option<Cow<'_, str>>) -> Option<String> {
@@ -330,6 +330,14 @@ pub fn parse_line(line: &str) -> Result<Event, ParseError> {
     if trimmed.is_empty() {
         return Err(ParseError::Empty);
     }
+    if let Some(raw) = crate::fastjson::scan(trimmed) {
+        return from_raw(raw);
+    }
+    parse_line_serde(trimmed)
+}
+
+/// The general path: serde_json, then a diagnosis of what is wrong.
+fn parse_line_serde(trimmed: &str) -> Result<Event, ParseError> {
     match serde_json::from_str::<RawLine>(trimmed) {
         Ok(raw) => from_raw(raw),
         Err(_) => Err(diagnose(trimmed)),
@@ -605,6 +613,7 @@ pub fn parse_line_bytes(line: &[u8]) -> Result<Event, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn parses_every_type() {
@@ -625,6 +634,111 @@ mod tests {
             panic!()
         };
         assert_eq!(d.answers.len(), 1);
+    }
+
+    /// The fast scanner and serde_json agree on every line: same event or
+    /// same error.
+    #[test]
+    fn fast_scan_agrees_with_serde_on_edge_cases() {
+        let cases = [
+            r#"{"type":"net","ts":"2024-05-01T12:00:01Z","host":"ws-1","pid":42,"dst_ip":"162.125.1.1","dst_port":443,"bytes_out":1000,"bytes_in":10,"sni":"content.dropboxapi.com"}"#,
+            r#" { "type" : "process_end" , "ts":"2024-05-01T12:01:00Z","host":"h","pid":1 } "#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":01}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":-1}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":1.0}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":4294967296}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":1,"pid":2}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h\u0041","pid":1}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":null,"pid":1}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":1,"x":true,"y":false,"z":"w","n":5}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":1,"x":tru}"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":1}x"#,
+            r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":1,}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":65536,"bytes_out":1,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":18446744073709551616,"bytes_in":0}"#,
+            r#"{"type":"dns","ts":"2024-05-01T12:00:00Z","host":"ws-1","query":"x.com","answers":["1.2.3.4"]}"#,
+            r#"{"type":"host","ts":"2024-05-01T12:00:00Z","host":"ws-1","labels":{"a":"b"}}"#,
+            r#"{}"#,
+            r#"{"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-é","pid":42,"name":"WINWORD.EXE"}"#,
+            "{\"type\":\"process_end\",\"ts\":\"2024-05-01T12:01:00Z\",\"host\":\"a\tb\",\"pid\":1}",
+        ];
+        for l in cases {
+            assert_eq!(parse_line(l), parse_line_serde(l.trim()), "{l}");
+        }
+    }
+
+    fn arb_json_line() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "type",
+            "ts",
+            "host",
+            "pid",
+            "name",
+            "ppid",
+            "exe",
+            "dst_ip",
+            "dst_port",
+            "bytes_out",
+            "bytes_in",
+            "sni",
+            "proto",
+            "domain",
+            "query",
+            "answers",
+            "labels",
+            "os",
+            "extra",
+        ]);
+        let value = prop::sample::select(vec![
+            r#""net""#,
+            r#""process_start""#,
+            r#""process_end""#,
+            r#""dns""#,
+            r#""host""#,
+            r#""2024-05-01T12:00:00Z""#,
+            r#""ws-1""#,
+            r#""1.2.3.4""#,
+            r#""2001:db8::1""#,
+            r#""a"b""#,
+            r#""xA""#,
+            r#""é""#,
+            r#""""#,
+            r#""tcp""#,
+            r#""udp""#,
+            "0",
+            "42",
+            "443",
+            "007",
+            "-1",
+            "1.5",
+            "1e3",
+            "18446744073709551616",
+            "4294967296",
+            "65536",
+            "null",
+            "true",
+            "false",
+            "[1]",
+            "{}",
+            r#"["1.2.3.4","c.example"]"#,
+            r#"{"k":"v"}"#,
+        ]);
+        let ws = prop::sample::select(vec!["", " ", "	", "  "]);
+        prop::collection::vec((key, value, ws), 0..12).prop_map(|pairs| {
+            let body: Vec<String> = pairs
+                .iter()
+                .map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_scan_agrees_with_serde(line in arb_json_line()) {
+            proptest::prop_assert_eq!(parse_line(&line), parse_line_serde(line.trim()), "{}", line);
+        }
     }
 
     #[test]
