@@ -10,7 +10,8 @@
 
 use outflow_aggregator::raft::eraftpb::{Message, MessageType};
 use outflow_aggregator::raft::{
-    AppliedKind, Bootstrap, MemDisk, PersistJob, Replica, ReplicaConfig,
+    AppliedKind, Bootstrap, Disk, DiskError, LogOp, MemDisk, PersistJob, Persisted, Replica,
+    ReplicaConfig, ReplicaError, WalDisk,
 };
 use outflow_aggregator::state::{AlertRecord, Command, FleetState, StateConfig};
 use rand::{Rng, SeedableRng};
@@ -24,9 +25,57 @@ struct InFlight {
     msg: Message,
 }
 
+/// A node's disk across its restarts: memory, or (every fourth seed) the
+/// write-ahead log file, reopened and replayed at every start.
+#[derive(Clone)]
+enum SimDisk {
+    Mem(MemDisk),
+    Wal(std::path::PathBuf),
+}
+
+enum OpenDisk {
+    Mem(MemDisk),
+    Wal(Box<WalDisk>),
+}
+
+impl Disk for OpenDisk {
+    fn load(&self) -> Result<Persisted, DiskError> {
+        match self {
+            OpenDisk::Mem(d) => d.load(),
+            OpenDisk::Wal(d) => d.load(),
+        }
+    }
+
+    fn write(&mut self, ops: &[LogOp], sync: bool) -> Result<(), DiskError> {
+        match self {
+            OpenDisk::Mem(d) => d.write(ops, sync),
+            OpenDisk::Wal(d) => d.write(ops, sync),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), DiskError> {
+        match self {
+            OpenDisk::Mem(d) => d.sync(),
+            OpenDisk::Wal(d) => d.sync(),
+        }
+    }
+}
+
+impl SimDisk {
+    fn open(&self) -> Result<OpenDisk, DiskError> {
+        Ok(match self {
+            SimDisk::Mem(d) => OpenDisk::Mem(d.clone()),
+            // A tiny rewrite threshold: rewrites happen many times per run.
+            SimDisk::Wal(dir) => {
+                OpenDisk::Wal(Box::new(WalDisk::open(dir)?.with_rewrite_min(4096)))
+            }
+        })
+    }
+}
+
 struct Node {
-    replica: Option<Replica<MemDisk>>,
-    disk: MemDisk,
+    replica: Option<Replica<OpenDisk>>,
+    disk: SimDisk,
     state: Arc<RwLock<FleetState>>,
     /// Request ids this incarnation proposed → alert id.
     pending: BTreeMap<Vec<u8>, String>,
@@ -53,6 +102,8 @@ struct Sim {
     acked: BTreeMap<String, u64>,
     next_proposal: u64,
     trace: Vec<String>,
+    /// Holds the write-ahead logs of a file-backed run.
+    _dir: Option<tempfile::TempDir>,
 }
 
 fn cfg(id: u64) -> ReplicaConfig {
@@ -92,9 +143,23 @@ impl Sim {
             acked: BTreeMap::new(),
             next_proposal: 0,
             trace: Vec::new(),
+            _dir: None,
         };
+        if seed % 4 == 3 {
+            // tmpfs where there is one: thousands of fsyncs per run.
+            let shm = std::path::Path::new("/dev/shm");
+            let dir = if shm.is_dir() {
+                tempfile::tempdir_in(shm)
+            } else {
+                tempfile::tempdir()
+            };
+            sim._dir = Some(dir.expect("temporary directory"));
+        }
         for id in 1..=n {
-            let disk = MemDisk::new();
+            let disk = match &sim._dir {
+                Some(d) => SimDisk::Wal(d.path().join(format!("n{id}"))),
+                None => SimDisk::Mem(MemDisk::new()),
+            };
             let state = Arc::new(RwLock::new(FleetState::default()));
             sim.nodes.push(Node {
                 replica: None,
@@ -122,12 +187,11 @@ impl Sim {
     fn start(&mut self, id: u64) {
         let boot = self.rng.gen::<u64>();
         let node = &mut self.nodes[(id - 1) as usize];
-        let r = Replica::open(
-            cfg(id),
-            node.disk.clone(),
-            Some(&self.bootstrap),
-            node.state.clone(),
-        );
+        let r = node
+            .disk
+            .open()
+            .map_err(ReplicaError::from)
+            .and_then(|d| Replica::open(cfg(id), d, Some(&self.bootstrap), node.state.clone()));
         match r {
             Ok(r) => node.replica = Some(r),
             Err(e) => self.fail(format!("node {id} failed to open: {e}")),

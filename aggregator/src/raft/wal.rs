@@ -51,6 +51,8 @@ pub struct WalDisk {
     image: Persisted,
     /// Bytes dropped from the end of the file on open (torn write).
     dropped: u64,
+    /// Never rewrite a file smaller than this.
+    rewrite_min: u64,
 }
 
 impl WalDisk {
@@ -84,7 +86,15 @@ impl WalDisk {
             image_len: good,
             image,
             dropped,
+            rewrite_min: REWRITE_MIN,
         })
+    }
+
+    /// Rewrite the file once it exceeds `bytes` (and 4x its live content)
+    /// instead of 64 MiB (tests exercise rewrites with small logs).
+    pub fn with_rewrite_min(mut self, bytes: u64) -> Self {
+        self.rewrite_min = bytes;
+        self
     }
 
     /// Create the log in `dir` holding `p` (migration from another store);
@@ -149,7 +159,7 @@ impl Disk for WalDisk {
         if sync {
             self.file.sync_data().map_err(io)?;
         }
-        if self.len > REWRITE_MIN.max(REWRITE_RATIO * self.image_len) {
+        if self.len > self.rewrite_min.max(REWRITE_RATIO * self.image_len) {
             self.rewrite()?;
         }
         Ok(())
