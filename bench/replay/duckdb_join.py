@@ -47,7 +47,9 @@ groups = con.execute(
     """
 ).fetchone()[0]
 secs = time.perf_counter() - t0
-rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+ru = resource.getrusage(resource.RUSAGE_SELF)
+rss_mib = ru.ru_maxrss / 1024
+cpu = ru.ru_utime + ru.ru_stime
 print(json.dumps({
     "peer": "duckdb " + duckdb.__version__,
     "threads": threads,
@@ -55,5 +57,7 @@ print(json.dumps({
     "groups": groups,
     "seconds": round(secs, 3),
     "events_per_sec": round(events / secs),
+    "cpu_seconds": round(cpu, 3),
+    "events_per_cpu_sec": round(events / cpu) if cpu > 0 else 0,
     "peak_rss_mib": round(rss_mib, 1),
 }))

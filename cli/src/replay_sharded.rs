@@ -2,14 +2,15 @@
 //! threads, the way collectors split a fleet.
 //!
 //! A reader thread cuts the input into chunks of whole lines and hands chunk
-//! `c` to worker `c % N`, which parses it and passes every other worker the
-//! events of its hosts. Each worker therefore sees its own hosts' events in
-//! input order, and parsing is shared too. Every `EXCHANGE_CHUNKS` chunks the
-//! workers swap their local baselines (as collectors ship partials to the
-//! aggregator) and judge against the sum: a shard's view of the others' hosts
-//! is at most that many chunks old. Chunking, ownership and exchange points
-//! depend only on the input, so for a given N the alerts are the same on
-//! every run and machine, emitted in chunk order, then worker order.
+//! `c` to parser `c % N`, which parses it and sends each engine the events of
+//! its hosts. Engine `w` takes chunk parts in chunk order (chunk `c` from
+//! parser `c % N`), so it sees its hosts' events in input order while parsing
+//! runs ahead on every parser. Every `exchange_chunks` chunks the engines swap
+//! their local baselines (as collectors ship partials to the aggregator) and
+//! judge against the sum: a shard's view of the others' hosts is at most that
+//! many chunks old. Chunking, ownership and exchange points depend only on
+//! the input, so for a given N the alerts are the same on every run and
+//! machine, emitted in chunk order, then engine order.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead};
@@ -57,26 +58,24 @@ struct RawChunk {
     lines: u64,
 }
 
-/// What one worker sends another.
-enum Part {
-    /// The receiver's hosts' events of the sender's chunk.
-    Events(Vec<Event>),
-    /// The sender's local baseline at an exchange point.
-    Partials(Arc<Vec<AppDayStats>>),
-    /// The input ended at the chunk the receiver waits for.
-    End,
+/// An engine's local baseline at an exchange point.
+type Partials = Arc<Vec<AppDayStats>>;
+
+/// What a parser sends an engine: its hosts' events of one chunk.
+struct Part {
+    events: Vec<Event>,
+    /// Input bytes of the chunk (engine 0's copy only, else 0).
+    bytes: u64,
 }
 
-/// What a worker tells the main thread after each chunk.
+/// What an engine tells the main thread after each chunk.
 struct ChunkDone {
     alerts: Vec<Alert>,
-    /// Input bytes of the chunk (owner only, else 0).
     bytes: u64,
 }
 
 #[derive(Default)]
-struct WorkerTally {
-    events: u64,
+struct ParseTally {
     rejected: u64,
     rejected_by_reason: BTreeMap<String, u64>,
     examples: Vec<(u64, String)>,
@@ -108,57 +107,58 @@ pub fn run_sharded(
         opts.chunk_lines > 0 && opts.exchange_chunks > 0,
         "chunk lines and exchange interval must be positive"
     );
-    // Reader → owner of each chunk.
-    let mut chunk_tx = Vec::new();
-    let mut chunk_rx = Vec::new();
-    for _ in 0..n {
-        let (tx, rx) = sync_channel::<io::Result<RawChunk>>(IN_FLIGHT);
-        chunk_tx.push(tx);
-        chunk_rx.push(rx);
+    // Reader → parser p (chunks c ≡ p mod n).
+    let (chunk_tx, chunk_rx): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| sync_channel::<io::Result<RawChunk>>(IN_FLIGHT))
+        .unzip();
+    // Parser p → engine w: parts[p][w] / from_parser[w][p].
+    let mut to_engine: Vec<Vec<SyncSender<Part>>> = (0..n).map(|_| Vec::new()).collect();
+    let mut from_parser: Vec<Vec<Receiver<Part>>> = (0..n).map(|_| Vec::new()).collect();
+    for senders in to_engine.iter_mut() {
+        for receivers in from_parser.iter_mut() {
+            let (tx, rx) = sync_channel::<Part>(IN_FLIGHT);
+            senders.push(tx);
+            receivers.push(rx);
+        }
     }
-    // Worker v → worker w: peer[v][w].
-    let mut peer_tx: Vec<Vec<Option<SyncSender<Part>>>> =
+    // Engine v → engine w, for baseline exchanges: peer[v][w].
+    let mut peer_tx: Vec<Vec<Option<SyncSender<Partials>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut peer_rx: Vec<Vec<Option<Receiver<Part>>>> =
+    let mut peer_rx: Vec<Vec<Option<Receiver<Partials>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for v in 0..n {
         for w in 0..n {
             if v != w {
-                let (tx, rx) = sync_channel::<Part>(IN_FLIGHT);
+                let (tx, rx) = sync_channel(1);
                 peer_tx[v][w] = Some(tx);
                 peer_rx[w][v] = Some(rx);
             }
         }
     }
-    let mut done_tx = Vec::new();
-    let mut done_rx = Vec::new();
-    for _ in 0..n {
-        let (tx, rx) = sync_channel::<ChunkDone>(IN_FLIGHT * 2);
-        done_tx.push(tx);
-        done_rx.push(rx);
-    }
+    let (done_tx, done_rx): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| sync_channel::<ChunkDone>(IN_FLIGHT * 2))
+        .unzip();
 
     let mut s = ReplaySummary::default();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         scope.spawn(move || read_chunks(input, opts.chunk_lines, chunk_tx));
-        let mut handles = Vec::new();
-        let mut chunk_rx = chunk_rx.into_iter();
-        let mut done_tx = done_tx.into_iter();
-        for (w, (engine, (to, from))) in engines
+        let parsers: Vec<_> = chunk_rx
             .into_iter()
+            .zip(to_engine)
+            .map(|(chunks, to)| scope.spawn(move || parse_chunks(chunks, to)))
+            .collect();
+        let ex = opts.exchange_chunks;
+        let engines: Vec<_> = engines
+            .into_iter()
+            .zip(from_parser)
             .zip(peer_tx.into_iter().zip(peer_rx))
+            .zip(done_tx)
             .enumerate()
-        {
-            let Some(chunks) = chunk_rx.next() else {
-                break;
-            };
-            let Some(done) = done_tx.next() else {
-                break;
-            };
-            let ex = opts.exchange_chunks;
-            handles.push(scope.spawn(move || worker(w, n, ex, engine, chunks, to, from, done)));
-        }
-        // Alerts in chunk order, then worker order.
+            .map(|(w, (((engine, parts), (to, from)), done))| {
+                scope.spawn(move || run_engine(w, n, ex, engine, parts, to, from, done))
+            })
+            .collect();
+        // Alerts in chunk order, then engine order.
         let mut bytes = 0u64;
         'chunks: loop {
             for rx in &done_rx {
@@ -175,7 +175,7 @@ pub fn run_sharded(
             }
             on_progress(bytes);
         }
-        // Drain what the other workers sent for the last chunk, if anything.
+        // What the other engines sent for the last chunk, if anything.
         for rx in &done_rx {
             while let Ok(d) = rx.recv() {
                 for a in &d.alerts {
@@ -186,22 +186,27 @@ pub fn run_sharded(
         }
         drop(done_rx);
         let mut examples = Vec::new();
-        let mut stats = EngineStats::default();
-        for h in handles {
-            let (tally, engine_stats, flushed) = h
+        for h in parsers {
+            let tally = h
                 .join()
-                .map_err(|_| anyhow::anyhow!("a replay worker panicked"))??;
-            for a in &flushed {
-                s.alerts += 1;
-                on_alert(a)?;
-            }
-            s.events += tally.events;
+                .map_err(|_| anyhow::anyhow!("a replay parser panicked"))??;
             s.rejected += tally.rejected;
             s.lines = s.lines.max(tally.lines);
             for (k, v) in tally.rejected_by_reason {
                 *s.rejected_by_reason.entry(k).or_default() += v;
             }
             examples.extend(tally.examples);
+        }
+        let mut stats = EngineStats::default();
+        for h in engines {
+            let (events, engine_stats, flushed) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a replay engine panicked"))??;
+            for a in &flushed {
+                s.alerts += 1;
+                on_alert(a)?;
+            }
+            s.events += events;
             stats.add(&engine_stats);
         }
         examples.sort();
@@ -248,69 +253,57 @@ fn read_chunks(
             }
         }
         if chunk.lines == 0 || to[c % to.len()].send(Ok(chunk)).is_err() {
-            // Dropping the senders tells each worker the input ended.
+            // Dropping the senders tells every parser the input ended.
             return;
         }
     }
 }
 
-type WorkerResult = anyhow::Result<(WorkerTally, EngineStats, Vec<Alert>)>;
+/// Parses its chunks and sends every engine its hosts' events of each.
+/// Returning drops its senders: the engines learn the input ended.
+fn parse_chunks(
+    chunks: Receiver<io::Result<RawChunk>>,
+    to: Vec<SyncSender<Part>>,
+) -> anyhow::Result<ParseTally> {
+    let mut tally = ParseTally::default();
+    let n = to.len();
+    for chunk in chunks.iter() {
+        let chunk = chunk.context("reading input")?;
+        let mut parts: Vec<Vec<Event>> = (0..n).map(|_| Vec::new()).collect();
+        parse_chunk(&chunk, n, &mut parts, &mut tally);
+        for (w, (events, tx)) in parts.into_iter().zip(&to).enumerate() {
+            let bytes = if w == 0 { chunk.data.len() as u64 } else { 0 };
+            if tx.send(Part { events, bytes }).is_err() {
+                return Ok(tally);
+            }
+        }
+    }
+    Ok(tally)
+}
+
+type EngineResult = anyhow::Result<(u64, EngineStats, Vec<Alert>)>;
 
 #[allow(clippy::too_many_arguments)]
-fn worker(
+fn run_engine(
     me: usize,
     n: usize,
     exchange_chunks: u64,
     mut engine: Engine,
-    chunks: Receiver<io::Result<RawChunk>>,
-    to: Vec<Option<SyncSender<Part>>>,
-    from: Vec<Option<Receiver<Part>>>,
+    parts: Vec<Receiver<Part>>,
+    to: Vec<Option<SyncSender<Partials>>>,
+    from: Vec<Option<Receiver<Partials>>>,
     done: SyncSender<ChunkDone>,
-) -> WorkerResult {
-    let mut tally = WorkerTally::default();
+) -> EngineResult {
+    let mut events = 0u64;
     let idle_us = engine.config().lateness_us() + engine.config().window_us() + 300_000_000;
-    let send_all = |part: &dyn Fn() -> Part| {
-        for tx in to.iter().flatten() {
-            let _ = tx.send(part());
-        }
-    };
     for c in 0u64.. {
-        let owner = (c % n as u64) as usize;
-        let mut bytes = 0;
-        let events = if owner == me {
-            let chunk = match chunks.recv() {
-                Ok(Ok(chunk)) => chunk,
-                Ok(Err(e)) => {
-                    send_all(&|| Part::End);
-                    return Err(e).context("reading input");
-                }
-                Err(_) => {
-                    send_all(&|| Part::End);
-                    break;
-                }
-            };
-            bytes = chunk.data.len() as u64;
-            let mut parts: Vec<Vec<Event>> = (0..n).map(|_| Vec::new()).collect();
-            parse_chunk(&chunk, n, &mut parts, &mut tally);
-            let mine = std::mem::take(&mut parts[me]);
-            for (w, part) in parts.into_iter().enumerate() {
-                if let Some(tx) = &to[w] {
-                    let _ = tx.send(Part::Events(part));
-                }
-            }
-            mine
-        } else {
-            match from[owner].as_ref().map(Receiver::recv) {
-                Some(Ok(Part::Events(ev))) => ev,
-                Some(Ok(Part::End)) | Some(Err(_)) | None => break,
-                Some(Ok(Part::Partials(_))) => {
-                    anyhow::bail!("replay worker {me}: baseline exchange out of step")
-                }
-            }
+        // Chunk c comes from parser c mod n; a closed channel is the end.
+        let Ok(part) = parts[(c % n as u64) as usize].recv() else {
+            break;
         };
         let mut alerts = Vec::new();
-        for ev in &events {
-            tally.events += 1;
+        for ev in &part.events {
+            events += 1;
             engine.ingest(ev);
             if engine.pending_alerts() > 0 {
                 alerts.extend(engine.drain_alerts());
@@ -319,21 +312,21 @@ fn worker(
         let wm = Timestamp(engine.max_ts().0.saturating_sub(idle_us));
         engine.advance_to(wm);
         alerts.extend(engine.drain_alerts());
+        let bytes = part.bytes;
         if done.send(ChunkDone { alerts, bytes }).is_err() {
             break;
         }
         if (c + 1) % exchange_chunks == 0 {
             let mine = Arc::new(engine.local_partials());
-            send_all(&|| Part::Partials(mine.clone()));
-            let mut all: Vec<Arc<Vec<AppDayStats>>> = vec![mine.clone()];
+            for tx in to.iter().flatten() {
+                let _ = tx.send(mine.clone());
+            }
+            let mut all = vec![mine];
             for rx in from.iter().flatten() {
                 match rx.recv() {
-                    Ok(Part::Partials(p)) => all.push(p),
-                    Ok(Part::End) | Err(_) => {
-                        anyhow::bail!("replay worker {me}: a peer stopped during an exchange")
-                    }
-                    Ok(Part::Events(_)) => {
-                        anyhow::bail!("replay worker {me}: baseline exchange out of step")
+                    Ok(p) => all.push(p),
+                    Err(_) => {
+                        anyhow::bail!("replay engine {me}: a peer stopped during an exchange")
                     }
                 }
             }
@@ -345,10 +338,10 @@ fn worker(
     drop(done);
     engine.flush();
     let flushed = engine.drain_alerts();
-    Ok((tally, engine.stats(), flushed))
+    Ok((events, engine.stats(), flushed))
 }
 
-fn parse_chunk(chunk: &RawChunk, n: usize, parts: &mut [Vec<Event>], tally: &mut WorkerTally) {
+fn parse_chunk(chunk: &RawChunk, n: usize, parts: &mut [Vec<Event>], tally: &mut ParseTally) {
     for (no, line) in (chunk.first_line..).zip(chunk.data.split_inclusive(|b| *b == b'\n')) {
         let mut end = line.len();
         while end > 0 && (line[end - 1] == b'\n' || line[end - 1] == b'\r') {

@@ -1078,22 +1078,34 @@ impl Engine {
         match &self.fleet {
             None => self.local.peer_view(app, today, horizon, own),
             Some(fleet) => {
-                // fleet − what we shipped + what we have now − the judged host.
-                let mut b = FleetBaseline::new();
+                // fleet − what we shipped + what we have now − the judged
+                // host, day by day (no intermediate baseline is built).
                 let oldest = today - i64::from(horizon) + 1;
-                for src in [fleet, &self.local] {
-                    if let Some(days) = src.days_of(app) {
-                        for d in days.range(oldest..=today).map(|(_, v)| v) {
-                            b.add(d);
-                        }
-                    }
+                fn day_of<'a>(b: &'a FleetBaseline, app: &str, d: i64) -> Option<&'a AppDayStats> {
+                    b.days_of(app).and_then(|m| m.get(&d))
                 }
-                if let Some(days) = self.shipped.days_of(app) {
-                    for d in days.range(oldest..=today).map(|(_, v)| v) {
-                        b.subtract(d);
+                let mut days = Vec::new();
+                for d in oldest..=today {
+                    let (f, l) = (day_of(fleet, app, d), day_of(&self.local, app, d));
+                    if f.is_none() && l.is_none() {
+                        continue;
                     }
+                    let mut acc = AppDayStats::empty(app, d);
+                    for x in [f, l].into_iter().flatten() {
+                        acc.merge(x);
+                    }
+                    if let Some(x) = day_of(&self.shipped, app, d) {
+                        acc.subtract(x);
+                    }
+                    if acc.is_empty() {
+                        continue;
+                    }
+                    for o in own.iter().filter(|o| o.day == d && o.app == app) {
+                        acc.subtract(o);
+                    }
+                    days.push(acc);
                 }
-                b.peer_view(app, today, horizon, own)
+                crate::baseline::PeerView::from_days(app, today, days.iter())
             }
         }
     }
