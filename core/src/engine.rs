@@ -1158,7 +1158,12 @@ fn detach(pid: u32, p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedW
 }
 
 fn add_dest(v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
-    if let Some(e) = v.iter_mut().find(|e| e.ip == d.ip && e.port == d.port) {
+    // Newest first: a process mostly keeps talking to where it just did.
+    if let Some(e) = v
+        .iter_mut()
+        .rev()
+        .find(|e| e.port == d.port && e.ip == d.ip)
+    {
         e.out = e.out.saturating_add(d.out);
         e.inb = e.inb.saturating_add(d.inb);
         if e.name.is_none() && d.name.is_some() {
