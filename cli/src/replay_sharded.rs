@@ -135,6 +135,10 @@ pub fn run_sharded(
             }
         }
     }
+    // Engine → parser p: spent event vectors.
+    let (spent_tx, spent_rx): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| sync_channel::<Vec<Event>>(2 * n * IN_FLIGHT))
+        .unzip();
     let (done_tx, done_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| sync_channel::<ChunkDone>(IN_FLIGHT * 2))
         .unzip();
@@ -145,7 +149,8 @@ pub fn run_sharded(
         let parsers: Vec<_> = chunk_rx
             .into_iter()
             .zip(to_engine)
-            .map(|(chunks, to)| scope.spawn(move || parse_chunks(chunks, to)))
+            .zip(spent_rx)
+            .map(|((chunks, to), spent)| scope.spawn(move || parse_chunks(chunks, to, spent)))
             .collect();
         let ex = opts.exchange_chunks;
         let engines: Vec<_> = engines
@@ -155,7 +160,8 @@ pub fn run_sharded(
             .zip(done_tx)
             .enumerate()
             .map(|(w, (((engine, parts), (to, from)), done))| {
-                scope.spawn(move || run_engine(w, n, ex, engine, parts, to, from, done))
+                let spent = spent_tx.clone();
+                scope.spawn(move || run_engine(w, n, ex, engine, parts, spent, to, from, done))
             })
             .collect();
         // Alerts in chunk order, then engine order.
@@ -264,12 +270,22 @@ fn read_chunks(
 fn parse_chunks(
     chunks: Receiver<io::Result<RawChunk>>,
     to: Vec<SyncSender<Part>>,
+    spent: Receiver<Vec<Event>>,
 ) -> anyhow::Result<ParseTally> {
     let mut tally = ParseTally::default();
     let n = to.len();
+    let mut pool: Vec<Vec<Event>> = Vec::new();
     for chunk in chunks.iter() {
         let chunk = chunk.context("reading input")?;
-        let mut parts: Vec<Vec<Event>> = (0..n).map(|_| Vec::new()).collect();
+        // Events the engines are done with are freed here, on the thread
+        // that allocated them (cheaper), and their vectors reused.
+        while let Ok(mut v) = spent.try_recv() {
+            v.clear();
+            if pool.len() < 4 * n {
+                pool.push(v);
+            }
+        }
+        let mut parts: Vec<Vec<Event>> = (0..n).map(|_| pool.pop().unwrap_or_default()).collect();
         parse_chunk(&chunk, n, &mut parts, &mut tally);
         for (w, (events, tx)) in parts.into_iter().zip(&to).enumerate() {
             let bytes = if w == 0 { chunk.data.len() as u64 } else { 0 };
@@ -290,6 +306,7 @@ fn run_engine(
     exchange_chunks: u64,
     mut engine: Engine,
     parts: Vec<Receiver<Part>>,
+    spent: Vec<SyncSender<Vec<Event>>>,
     to: Vec<Option<SyncSender<Partials>>>,
     from: Vec<Option<Receiver<Partials>>>,
     done: SyncSender<ChunkDone>,
@@ -298,7 +315,8 @@ fn run_engine(
     let idle_us = engine.config().lateness_us() + engine.config().window_us() + 300_000_000;
     for c in 0u64.. {
         // Chunk c comes from parser c mod n; a closed channel is the end.
-        let Ok(part) = parts[(c % n as u64) as usize].recv() else {
+        let p = (c % n as u64) as usize;
+        let Ok(part) = parts[p].recv() else {
             break;
         };
         let mut alerts = Vec::new();
@@ -313,6 +331,8 @@ fn run_engine(
         engine.advance_to(wm);
         alerts.extend(engine.drain_alerts());
         let bytes = part.bytes;
+        // Back to its parser to be freed; dropped here if that is busy.
+        let _ = spent[p].try_send(part.events);
         if done.send(ChunkDone { alerts, bytes }).is_err() {
             break;
         }
