@@ -1,6 +1,8 @@
 //! Three aggregator nodes in one process over real mTLS gRPC on loopback,
 //! each with its own sled log: leader election, Fleet submissions through a
-//! follower, the feed, the admin API, authorisation, and failover.
+//! follower, the feed, the admin API, authorisation, and failover; and
+//! membership changes (a joining node added, a founding follower removed)
+//! through the admin API.
 
 use outflow_aggregator::ctl::Api;
 use outflow_aggregator::{start_aggregator, AggregatorConfig, RunningAggregator};
@@ -112,6 +114,46 @@ impl Cluster {
         .unwrap()
     }
 
+    /// Start node `len + 1` with `join` (empty, waiting to be added), the
+    /// founding members as its peer addresses, the same timings.
+    async fn start_joining(&mut self) -> u64 {
+        let id = self.configs.len() as u64 + 1;
+        let base = &self.configs[0];
+        let cfg = AggregatorConfig {
+            id,
+            listen: format!("127.0.0.1:{}", free_port()),
+            api: format!("127.0.0.1:{}", free_port()),
+            join: true,
+            data: base.data.with_file_name(format!("n{id}")),
+            ..base.clone()
+        };
+        self.nodes
+            .push(Some(start_aggregator(cfg.clone()).await.unwrap()));
+        self.configs.push(cfg);
+        id
+    }
+
+    fn node(&self, id: u64) -> &RunningAggregator {
+        self.nodes[(id - 1) as usize]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    /// Write partials for `app`, epochs `epochs`, through node `via`.
+    async fn write(&self, via: u64, collector: &str, app: &str, epochs: std::ops::Range<u64>) {
+        let mut fleet = pb::fleet_client::FleetClient::new(self.channel(via, "server").await);
+        for epoch in epochs {
+            let r = fleet
+                .submit_partials(pb::PartialBatch {
+                    collector_id: collector.into(),
+                    epoch,
+                    partials: vec![partial(app, 20_000, epoch)],
+                })
+                .await;
+            assert!(r.is_ok(), "write {collector}/{epoch} via node {via}: {r:?}");
+        }
+    }
+
     async fn converged_hashes(&self, timeout: Duration) -> String {
         let t0 = Instant::now();
         loop {
@@ -131,6 +173,23 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v
+}
+
+/// Node ids from a JSON array, sorted (raft-rs reports voters unordered).
+fn json_ids(v: &serde_json::Value) -> Vec<u64> {
+    let ids: Vec<u64> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    sorted(&ids)
 }
 
 fn partial(app: &str, day: i64, hosts: u64) -> pb::AppDayPartial {
@@ -332,6 +391,153 @@ async fn three_nodes_replicate_fleet_state_over_mtls_and_survive_losing_the_lead
     c.converged_hashes(Duration::from_secs(15)).await;
     let back = c.nodes[(leader - 1) as usize].as_ref().unwrap();
     assert!(back.node.read(|s| s.app_baseline("curl").len()) == 1);
+    for n in c.nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_node_is_added_catches_up_and_a_removed_follower_stops_counting() {
+    let mut c = cluster(3).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+
+    // Baseline: partials, a policy, enough entries for snapshots and log
+    // compaction (snapshot_interval 20, compact_lag 5), so the new node
+    // cannot be served from the log alone.
+    c.write(follower, "c1", "winword.exe", 1..40).await;
+    let policy = serde_json::json!({"approved": [], "suppressions": []});
+    let put = c
+        .api(leader)
+        .call(
+            "PUT",
+            "/api/v1/policy?comment=before-join",
+            Some(policy.to_string().into_bytes()),
+        )
+        .await;
+    assert!(put.is_ok(), "{put:?}");
+    let before = c.converged_hashes(Duration::from_secs(15)).await;
+    assert!(
+        c.node(leader).node.status().snapshots_taken > 0,
+        "the leader compacted its log before the new node joins"
+    );
+
+    // Node 4 starts empty: it must not found a group of its own.
+    let new = c.start_joining().await;
+    assert_eq!(new, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s4 = c.node(new).node.status();
+    assert_eq!(s4.leader, 0, "a joining node does not elect itself: {s4:?}");
+    assert_ne!(c.node(new).node.read(|s| s.state_hash()), before);
+
+    // Added through a follower's admin API (forwarded to the leader).
+    let added = c
+        .api(follower)
+        .call(
+            "POST",
+            "/api/v1/nodes",
+            Some(
+                serde_json::json!({"id": new, "address": c.configs[(new - 1) as usize].listen})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert!(added.is_ok(), "{added:?}");
+
+    // More writes after the join, through the new node itself.
+    c.write(new, "c2", "excel.exe", 1..10).await;
+    let after_join = c.converged_hashes(Duration::from_secs(30)).await;
+    assert_ne!(after_join, before);
+    let s4 = c.node(new).node.status();
+    assert!(
+        s4.snapshots_installed > 0,
+        "the new node started from a snapshot: {s4:?}"
+    );
+    assert_eq!(sorted(&s4.voters), vec![1, 2, 3, 4], "{s4:?}");
+    let bl = c
+        .api(new)
+        .call("GET", "/api/v1/baselines/winword.exe", None)
+        .await
+        .unwrap();
+    assert_eq!(bl["stale"], false, "{bl}");
+    assert_eq!(bl["days"][0]["hosts_running"], 39, "{bl}");
+    let pol = c
+        .api(new)
+        .call("GET", "/api/v1/policy", None)
+        .await
+        .unwrap();
+    assert_eq!(pol["audit"][0]["comment"], "before-join", "{pol}");
+    let cl = c
+        .api(new)
+        .call("GET", "/api/v1/cluster", None)
+        .await
+        .unwrap();
+    assert_eq!(json_ids(&cl["voters"]), vec![1, 2, 3, 4], "{cl}");
+    let nodes = cl["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4, "{cl}");
+    assert!(
+        nodes.iter().all(|n| n["state_hash"] == after_join.as_str()),
+        "{cl}"
+    );
+
+    // Remove a founding follower through the leader's admin API.
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let gone = (1..=3).find(|i| *i != leader).unwrap();
+    let removed = c
+        .api(leader)
+        .call("DELETE", &format!("/api/v1/nodes/{gone}"), None)
+        .await;
+    assert!(removed.is_ok(), "{removed:?}");
+    let t0 = Instant::now();
+    while c.node(gone).node.status().voters.contains(&gone) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "node {gone} never applied its own removal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The removed node keeps running (as an operator would leave it until
+    // stopped) but is out of the comparison: it no longer applies entries.
+    let out = c.nodes[(gone - 1) as usize].take().unwrap();
+    let out_applied = out.node.status().applied_index;
+
+    let others: Vec<u64> = (1..=4).filter(|i| *i != gone).collect();
+    c.write(others[0], "c3", "curl", 1..10).await;
+    let after_remove = c.converged_hashes(Duration::from_secs(15)).await;
+    assert_ne!(after_remove, after_join);
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let cl = c
+        .api(leader)
+        .call("GET", "/api/v1/cluster", None)
+        .await
+        .unwrap();
+    assert_eq!(json_ids(&cl["voters"]), others, "{cl}");
+    let nodes = cl["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "the removed node is not listed: {cl}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["state_hash"] == after_remove.as_str() && n["id"] != gone),
+        "{cl}"
+    );
+    assert_eq!(
+        out.node.status().applied_index,
+        out_applied,
+        "the removed node applies nothing more"
+    );
+
+    // The removed node no longer counts towards the quorum: with it and one
+    // more follower stopped, 2 of the 3 remaining voters still commit (2 of
+    // 4 would not: the writes would time out).
+    assert!(out.stop().await);
+    let stopped = *others.iter().find(|i| **i != leader).unwrap();
+    let down = c.nodes[(stopped - 1) as usize].take().unwrap();
+    assert!(down.stop().await);
+    c.write(leader, "c4", "ssh", 1..5).await;
+    c.converged_hashes(Duration::from_secs(15)).await;
+    assert_eq!(c.node(leader).node.read(|s| s.app_baseline("ssh").len()), 1);
+
     for n in c.nodes.into_iter().flatten() {
         n.stop().await;
     }
