@@ -231,18 +231,29 @@ pub fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         print!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(crate::run_collector(cfg, shutdown_signal()))?;
+    let traces = match cfg.resolved_traces_endpoint() {
+        Some(ep) => {
+            let headers = cfg.resolved_otlp_headers().map_err(anyhow::Error::msg)?;
+            let timeout = std::time::Duration::from_secs(cfg.otlp_timeout_secs);
+            // The exporter's channel must be made inside the runtime.
+            let _guard = rt.enter();
+            Some(crate::selftrace::tracer_provider(&ep, &headers, timeout)?)
+        }
+        None => None,
+    };
+    let traces = crate::selftrace::init("info", traces);
+    let result = rt.block_on(crate::run_collector(cfg, shutdown_signal()));
+    if let Some(p) = traces {
+        // Spans still queued go out before the process ends.
+        let _guard = rt.enter();
+        if let Err(e) = p.shutdown() {
+            eprintln!("outflow collector: flushing trace spans: {e}");
+        }
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -47,6 +47,11 @@ pub struct CollectorConfig {
     pub otlp_ca: Option<PathBuf>,
     /// Timeout of one OTLP export call, seconds.
     pub otlp_timeout_secs: u64,
+    /// OTLP/gRPC endpoint (`http://host:port`, e.g. a local OpenTelemetry
+    /// Collector) for the collector's own tracing spans, sent with
+    /// `otlp_headers`. Falls back to `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`;
+    /// none: spans stay local (log lines only).
+    pub traces_endpoint: Option<String>,
     /// Append every alert as one JSON line to this file.
     pub alerts_out: Option<PathBuf>,
     /// Largest accepted gRPC message, bytes (bigger: RESOURCE_EXHAUSTED).
@@ -103,6 +108,7 @@ impl Default for CollectorConfig {
             otlp_headers: Vec::new(),
             otlp_ca: None,
             otlp_timeout_secs: 10,
+            traces_endpoint: None,
             alerts_out: None,
             max_message_bytes: 4 << 20,
             max_batch_events: 50_000,
@@ -156,6 +162,14 @@ impl CollectorConfig {
         self.otlp_endpoint
             .clone()
             .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|s| !s.trim().is_empty())
+    }
+
+    /// The traces endpoint: the option, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    pub fn resolved_traces_endpoint(&self) -> Option<String> {
+        self.traces_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok())
             .filter(|s| !s.trim().is_empty())
     }
 
@@ -230,6 +244,13 @@ impl CollectorConfig {
         }
         if self.otlp_timeout_secs == 0 || self.max_retry_secs == 0 {
             errs.push("otlp_timeout_secs and max_retry_secs must be greater than 0".into());
+        }
+        if let Some(ep) = self.resolved_traces_endpoint() {
+            if !ep.starts_with("http://") {
+                errs.push(format!(
+                    "traces_endpoint {ep:?} must be an http:// OTLP/gRPC endpoint (spans go to a local OpenTelemetry Collector; TLS is not supported for them)"
+                ));
+            }
         }
         if let Some(ep) = self.resolved_otlp_endpoint() {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {

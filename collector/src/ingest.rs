@@ -595,7 +595,13 @@ async fn run_flusher(
         }
         // One fdatasync covers every group appended before it started.
         let s = store.clone();
-        let result = match tokio::task::spawn_blocking(move || s.sync_log()).await {
+        let span = tracing::info_span!("batch_log_sync", groups = jobs.len());
+        let result = match tracing::Instrument::instrument(
+            tokio::task::spawn_blocking(move || s.sync_log()),
+            span,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => Err(StoreError::Corrupt {
                 key: "sync".into(),

@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
+pub mod selftrace;
 pub mod shipper;
 pub mod store;
 pub mod tls;

@@ -237,8 +237,15 @@ impl OtlpExporter {
         for (k, v) in &self.headers {
             r.metadata_mut().insert(k.clone(), v.clone());
         }
-        let resp = client
-            .export(r)
+        let records: usize = r
+            .get_ref()
+            .resource_logs
+            .iter()
+            .flat_map(|rl| &rl.scope_logs)
+            .map(|sl| sl.log_records.len())
+            .sum();
+        let span = tracing::info_span!("otlp_alert_export", records);
+        let resp = tracing::Instrument::instrument(client.export(r), span)
             .await
             .map_err(|e| ExportError::Failed(self.endpoint.clone(), e.to_string()))?;
         if let Some(p) = resp.into_inner().partial_success {
