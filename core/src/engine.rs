@@ -754,8 +754,30 @@ impl Engine {
                 while let Some(w) = p.windows.first() {
                     let end = w.start.saturating_add_us(window_us);
                     if end <= watermark {
-                        let w = p.windows.remove(0);
-                        closed.push(detach(pid, p, w, window_us));
+                        let mut w = p.windows.remove(0);
+                        if quiet(&self.cfg, p, &w) {
+                            // Folded at once: nothing to judge, so no
+                            // detached copy, sort or later lookups. Judging
+                            // order does not matter for it (a host's own
+                            // contribution never enters its peer view).
+                            let day = Timestamp(end.0 - 1).day();
+                            note_closed(p, &w, end);
+                            self.stats.windows_closed += 1;
+                            fold_window(
+                                &self.cfg,
+                                &mut self.local,
+                                &mut h.app_days,
+                                (&p.app, p.app_id, day),
+                                (w.out, w.inb),
+                                &w.dests,
+                            );
+                            if self.dest_pool.len() < DEST_POOL {
+                                w.dests.clear();
+                                self.dest_pool.push(w.dests);
+                            }
+                        } else {
+                            closed.push(detach(pid, p, w, window_us));
+                        }
                     } else {
                         next = next.min(end);
                         open = true;
@@ -819,9 +841,6 @@ impl Engine {
         let app = c.app.clone();
         let app_id = c.app_id;
         let day = Timestamp(c.end.0 - 1).day();
-        let window_bucket = volume_bucket(c.out);
-        let judged_ratio = c.out >= self.cfg.min_window_out_bytes / 16;
-        let rb = ratio_bucket(c.out, c.inb, self.cfg.ratio_smoothing_bytes);
         let mut findings = Vec::new();
         let ratio = ratio_of(c.out, c.inb);
         if c.out >= self.cfg.min_window_out_bytes && ratio >= self.cfg.min_ratio {
@@ -1010,61 +1029,14 @@ impl Engine {
                 }
             }
             // Fold the window into the host's day.
-            if c.out > 0 || c.inb > 0 {
-                let upload_bytes = self.cfg.upload_bytes;
-                let entry = h.app_days.entry((app_id, day)).or_default();
-                let uploaded = c.out >= UPLOAD_WINDOW_BYTES;
-                let persistence_moves = uploaded
-                    && (entry.upload_windows == 0
-                        || persistence_bucket(entry.upload_windows + 1)
-                            != persistence_bucket(entry.upload_windows));
-                if uploaded && !persistence_moves {
-                    // The contribution does not change: count without a diff.
-                    entry.upload_windows += 1;
-                }
-                let changes = persistence_moves
-                    || (judged_ratio && entry.max_ratio.is_none_or(|m| rb > m))
-                    || entry.max_volume.is_none_or(|m| window_bucket > m)
-                    || c.dests.iter().any(|d| {
-                        d.out >= upload_bytes
-                            && entry.services.get(d.service.as_ref()) != Some(&true)
-                    });
-                if changes {
-                    let before = entry.indicators();
-                    if persistence_moves {
-                        entry.upload_windows += 1;
-                    }
-                    if judged_ratio && entry.max_ratio.is_none_or(|m| rb > m) {
-                        entry.max_ratio = Some(rb);
-                    }
-                    if entry.max_volume.is_none_or(|m| window_bucket > m) {
-                        entry.max_volume = Some(window_bucket);
-                    }
-                    let mut services: Vec<ServiceChange<'_>> = Vec::new();
-                    for d in &c.dests {
-                        if d.out >= upload_bytes {
-                            let was = match entry.services.get_mut(d.service.as_ref()) {
-                                Some(v) => Some(std::mem::replace(v, true)),
-                                None => entry.services.insert(d.service.to_string(), true),
-                            };
-                            if was != Some(true)
-                                && !services.iter().any(|s| s.service == d.service.as_ref())
-                            {
-                                services.push(ServiceChange {
-                                    service: &d.service,
-                                    before: was,
-                                    after: Some(true),
-                                });
-                            }
-                        }
-                    }
-                    entry.active = true;
-                    entry.running = true;
-                    let after = entry.indicators();
-                    self.local
-                        .apply_host_change(&app, day, before, after, &services);
-                }
-            }
+            fold_window(
+                &self.cfg,
+                &mut self.local,
+                &mut h.app_days,
+                (&app, app_id, day),
+                (c.out, c.inb),
+                &c.dests,
+            );
         }
         // The window's destination list serves a later window.
         if self.dest_pool.len() < DEST_POOL {
@@ -1133,12 +1105,17 @@ fn catalogue_with(policy: &Policy) -> Catalogue {
     catalogue
 }
 
-fn detach(pid: u32, p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
-    let end = w.start.saturating_add_us(window_us);
+/// What closing a window changes in its process.
+fn note_closed(p: &mut ProcState, w: &OpenWindow, end: Timestamp) {
     p.closed_through = p.closed_through.max(end);
     if w.out >= UPLOAD_WINDOW_BYTES && Timestamp(end.0 - 1).day() == p.day {
         p.day_upload_windows += 1;
     }
+}
+
+fn detach(pid: u32, p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
+    let end = w.start.saturating_add_us(window_us);
+    note_closed(p, &w, end);
     ClosedWindow {
         app: p.app.clone(),
         app_id: p.app_id,
@@ -1155,6 +1132,86 @@ fn detach(pid: u32, p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedW
         last_alert: p.last_alert,
         pid_index: (pid, p.start),
     }
+}
+
+/// Folds a closed window into its host's (app, day) statistics, moving the
+/// host's contribution to `local` when a statistic changes.
+fn fold_window(
+    cfg: &EngineConfig,
+    local: &mut FleetBaseline,
+    app_days: &mut Map<(u32, i64), HostAppDay>,
+    (app, app_id, day): (&str, u32, i64),
+    (out, inb): (u64, u64),
+    dests: &[DestAcc],
+) {
+    if out == 0 && inb == 0 {
+        return;
+    }
+    let window_bucket = volume_bucket(out);
+    let judged_ratio = out >= cfg.min_window_out_bytes / 16;
+    let rb = ratio_bucket(out, inb, cfg.ratio_smoothing_bytes);
+    let upload_bytes = cfg.upload_bytes;
+    let entry = app_days.entry((app_id, day)).or_default();
+    let uploaded = out >= UPLOAD_WINDOW_BYTES;
+    let persistence_moves = uploaded
+        && (entry.upload_windows == 0
+            || persistence_bucket(entry.upload_windows + 1)
+                != persistence_bucket(entry.upload_windows));
+    if uploaded && !persistence_moves {
+        // The contribution does not change: count without a diff.
+        entry.upload_windows += 1;
+    }
+    let changes = persistence_moves
+        || (judged_ratio && entry.max_ratio.is_none_or(|m| rb > m))
+        || entry.max_volume.is_none_or(|m| window_bucket > m)
+        || dests.iter().any(|d| {
+            d.out >= upload_bytes && entry.services.get(d.service.as_ref()) != Some(&true)
+        });
+    if !changes {
+        return;
+    }
+    let before = entry.indicators();
+    if persistence_moves {
+        entry.upload_windows += 1;
+    }
+    if judged_ratio && entry.max_ratio.is_none_or(|m| rb > m) {
+        entry.max_ratio = Some(rb);
+    }
+    if entry.max_volume.is_none_or(|m| window_bucket > m) {
+        entry.max_volume = Some(window_bucket);
+    }
+    let mut services: Vec<ServiceChange<'_>> = Vec::new();
+    for d in dests {
+        if d.out >= upload_bytes {
+            let was = match entry.services.get_mut(d.service.as_ref()) {
+                Some(v) => Some(std::mem::replace(v, true)),
+                None => entry.services.insert(d.service.to_string(), true),
+            };
+            if was != Some(true) && !services.iter().any(|s| s.service == d.service.as_ref()) {
+                services.push(ServiceChange {
+                    service: &d.service,
+                    before: was,
+                    after: Some(true),
+                });
+            }
+        }
+    }
+    entry.active = true;
+    entry.running = true;
+    let after = entry.indicators();
+    local.apply_host_change(app, day, before, after, &services);
+}
+
+/// A window that cannot raise a finding: not enough out (or too even a
+/// ratio) for the window check, and the process's day not due for the low-
+/// and-slow check (`judge` would find nothing and only fold it).
+fn quiet(cfg: &EngineConfig, p: &ProcState, w: &OpenWindow) -> bool {
+    let window_finding =
+        w.out >= cfg.min_window_out_bytes && ratio_of(w.out, w.inb) >= cfg.min_ratio;
+    let cumulative_finding = p.day_out >= cfg.min_cumulative_out_bytes
+        && volume_bucket(p.day_out) > p.cum_judged_bucket
+        && ratio_of(p.day_out, p.day_in) >= cfg.min_ratio;
+    !window_finding && !cumulative_finding
 }
 
 fn add_dest(v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
