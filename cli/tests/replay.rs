@@ -11,6 +11,23 @@ fn dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// 120 simulated hosts over 3 days with 6 incidents (seed 4).
+fn sim_fleet(fleet: &std::path::Path, truth: &std::path::Path) {
+    let out = outflow()
+        .args(["sim", "--hosts", "120", "--days", "3", "--seed", "4"])
+        .args(["--incidents", "6", "--out"])
+        .arg(fleet)
+        .arg("--truth")
+        .arg(truth)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 const GOOD: &str = r#"{"type":"process_start","ts":"2026-01-05T10:00:00Z","host":"ws-1","pid":7,"name":"curl"}
 {"type":"net","ts":"2026-01-05T10:00:30Z","host":"ws-1","pid":7,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":100,"bytes_in":10}
 "#;
@@ -192,29 +209,7 @@ fn sim_replay_eval_round_trip_is_deterministic() {
     let fleet = d.path().join("fleet.jsonl");
     let truth = d.path().join("truth.jsonl");
     let run_sim = || {
-        let out = outflow()
-            .args([
-                "sim",
-                "--hosts",
-                "120",
-                "--days",
-                "3",
-                "--seed",
-                "4",
-                "--incidents",
-                "6",
-                "--out",
-            ])
-            .arg(&fleet)
-            .arg("--truth")
-            .arg(&truth)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sim_fleet(&fleet, &truth);
         std::fs::read(&fleet).unwrap()
     };
     let first = run_sim();
@@ -264,25 +259,7 @@ fn sharded_replay_is_deterministic_detects_and_reports_bad_lines() {
     let d = dir();
     let fleet = d.path().join("fleet.jsonl");
     let truth = d.path().join("truth.jsonl");
-    let out = outflow()
-        .args([
-            "sim",
-            "--hosts",
-            "120",
-            "--days",
-            "3",
-            "--seed",
-            "4",
-            "--incidents",
-            "6",
-            "--out",
-        ])
-        .arg(&fleet)
-        .arg("--truth")
-        .arg(&truth)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    sim_fleet(&fleet, &truth);
     // A few bad lines in the middle.
     let mut text = std::fs::read_to_string(&fleet).unwrap();
     let mid = text[..text.len() / 2].rfind('\n').unwrap() + 1;
