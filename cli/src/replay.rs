@@ -139,10 +139,10 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub shards: u16,
     /// With --shards: lines per chunk handed to a shard (tests, tuning).
-    #[arg(long, hide = true, default_value_t = 4096)]
+    #[arg(long, hide = true, default_value_t = crate::replay_sharded::CHUNK_LINES)]
     pub shard_chunk_lines: usize,
     /// With --shards: chunks between baseline exchanges (tests, tuning).
-    #[arg(long, hide = true, default_value_t = 64)]
+    #[arg(long, hide = true, default_value_t = crate::replay_sharded::EXCHANGE_CHUNKS)]
     pub shard_exchange_chunks: u64,
     #[command(flatten)]
     pub engine: EngineFlags,
@@ -200,7 +200,6 @@ pub fn run_stream(
 ) -> anyhow::Result<Result<ReplaySummary, (ReplaySummary, StrictStop)>> {
     let started = Instant::now();
     let mut s = ReplaySummary::default();
-    let idle_us = engine.config().lateness_us() + engine.config().window_us() + 300_000_000;
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<ParsedBatch>>(BATCHES_IN_FLIGHT);
     // Spent batches go back to the parser thread, which frees their events
     // (cheaper on the thread that allocated them) and reuses the vectors.
@@ -246,9 +245,7 @@ pub fn run_stream(
                     }
                 }
             }
-            // Hosts that went quiet: close their windows as event time moves on.
-            let wm = Timestamp(engine.max_ts().0.saturating_sub(idle_us));
-            engine.advance_to(wm);
+            close_idle_hosts(engine);
             for a in engine.drain_alerts() {
                 s.alerts += 1;
                 on_alert(&a)?;
@@ -337,7 +334,14 @@ fn finish(
     Ok(())
 }
 
-fn trim_newline(b: &[u8]) -> &[u8] {
+/// Hosts that went quiet: closes their windows once the input's event time
+/// is a window, its lateness and five minutes past them.
+pub(crate) fn close_idle_hosts(engine: &mut Engine) {
+    let idle_us = engine.config().lateness_us() + engine.config().window_us() + 300_000_000;
+    engine.advance_to(Timestamp(engine.max_ts().0.saturating_sub(idle_us)));
+}
+
+pub(crate) fn trim_newline(b: &[u8]) -> &[u8] {
     let mut end = b.len();
     while end > 0 && (b[end - 1] == b'\n' || b[end - 1] == b'\r') {
         end -= 1;

@@ -22,9 +22,9 @@ use anyhow::Context;
 use outflow_core::baseline::AppDayStats;
 use outflow_core::baseline::FleetBaseline;
 use outflow_core::telemetry::parse_line_bytes;
-use outflow_core::{Alert, Engine, EngineStats, Event, Timestamp};
+use outflow_core::{Alert, Engine, EngineStats, Event};
 
-use crate::replay::ReplaySummary;
+use crate::replay::{close_idle_hosts, trim_newline, ReplaySummary};
 
 /// How the input is cut and how often shards swap baselines.
 #[derive(Clone, Copy, Debug)]
@@ -35,15 +35,10 @@ pub struct ShardOptions {
     pub exchange_chunks: u64,
 }
 
-impl Default for ShardOptions {
-    fn default() -> Self {
-        // ~250 k lines between exchanges.
-        ShardOptions {
-            chunk_lines: 4096,
-            exchange_chunks: 64,
-        }
-    }
-}
+/// Default lines per chunk.
+pub const CHUNK_LINES: usize = 4096;
+/// Default chunks between exchanges (~250 k lines).
+pub const EXCHANGE_CHUNKS: u64 = 64;
 /// Messages in flight per channel: bounds memory.
 const IN_FLIGHT: usize = 4;
 /// Rejected-line examples kept.
@@ -312,7 +307,6 @@ fn run_engine(
     done: SyncSender<ChunkDone>,
 ) -> EngineResult {
     let mut events = 0u64;
-    let idle_us = engine.config().lateness_us() + engine.config().window_us() + 300_000_000;
     for c in 0u64.. {
         // Chunk c comes from parser c mod n; a closed channel is the end.
         let p = (c % n as u64) as usize;
@@ -327,8 +321,7 @@ fn run_engine(
                 alerts.extend(engine.drain_alerts());
             }
         }
-        let wm = Timestamp(engine.max_ts().0.saturating_sub(idle_us));
-        engine.advance_to(wm);
+        close_idle_hosts(&mut engine);
         alerts.extend(engine.drain_alerts());
         let bytes = part.bytes;
         // Back to its parser to be freed; dropped here if that is busy.
@@ -363,11 +356,7 @@ fn run_engine(
 
 fn parse_chunk(chunk: &RawChunk, n: usize, parts: &mut [Vec<Event>], tally: &mut ParseTally) {
     for (no, line) in (chunk.first_line..).zip(chunk.data.split_inclusive(|b| *b == b'\n')) {
-        let mut end = line.len();
-        while end > 0 && (line[end - 1] == b'\n' || line[end - 1] == b'\r') {
-            end -= 1;
-        }
-        let line = &line[..end];
+        let line = trim_newline(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
