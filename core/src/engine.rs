@@ -842,8 +842,7 @@ impl Engine {
         let app_id = c.app_id;
         let day = Timestamp(c.end.0 - 1).day();
         let mut findings = Vec::new();
-        let ratio = ratio_of(c.out, c.inb);
-        if c.out >= self.cfg.min_window_out_bytes && ratio >= self.cfg.min_ratio {
+        if window_due(&self.cfg, c.out, c.inb) {
             self.stats.windows_judged += 1;
             findings.push((
                 FindingKind::Window,
@@ -870,14 +869,9 @@ impl Engine {
         let cum_judged_bucket = live.map_or(c.cum_judged_bucket, |l| l.1.max(c.cum_judged_bucket));
         // Low and slow: the process's uploads that day, judged each time they
         // reach a new half-octave.
-        let day_bucket = volume_bucket(c.day_out);
-        let day_ratio = ratio_of(c.day_out, c.day_in);
         let mut new_cum_bucket = 0;
-        if c.day_out >= self.cfg.min_cumulative_out_bytes
-            && day_bucket > cum_judged_bucket
-            && day_ratio >= self.cfg.min_ratio
-        {
-            new_cum_bucket = day_bucket;
+        if cumulative_due(&self.cfg, c.day_out, c.day_in, cum_judged_bucket) {
+            new_cum_bucket = volume_bucket(c.day_out);
             // The day's destinations live with the process.
             let day_dests = live_proc.map(|p| p.day_dests.clone()).unwrap_or_default();
             findings.push((
@@ -1206,12 +1200,22 @@ fn fold_window(
 /// ratio) for the window check, and the process's day not due for the low-
 /// and-slow check (`judge` would find nothing and only fold it).
 fn quiet(cfg: &EngineConfig, p: &ProcState, w: &OpenWindow) -> bool {
-    let window_finding =
-        w.out >= cfg.min_window_out_bytes && ratio_of(w.out, w.inb) >= cfg.min_ratio;
-    let cumulative_finding = p.day_out >= cfg.min_cumulative_out_bytes
-        && volume_bucket(p.day_out) > p.cum_judged_bucket
-        && ratio_of(p.day_out, p.day_in) >= cfg.min_ratio;
-    !window_finding && !cumulative_finding
+    // The judged level only rises while windows wait to be judged, so "not
+    // due" now means not due in `judge` either.
+    !window_due(cfg, w.out, w.inb) && !cumulative_due(cfg, p.day_out, p.day_in, p.cum_judged_bucket)
+}
+
+/// A window uploads enough, lopsidedly enough, to be scored.
+fn window_due(cfg: &EngineConfig, out: u64, inb: u64) -> bool {
+    out >= cfg.min_window_out_bytes && ratio_of(out, inb) >= cfg.min_ratio
+}
+
+/// A process's uploads that day are scored (low and slow) each time they
+/// reach a new half-octave above the level already judged.
+fn cumulative_due(cfg: &EngineConfig, day_out: u64, day_in: u64, judged_bucket: u8) -> bool {
+    day_out >= cfg.min_cumulative_out_bytes
+        && volume_bucket(day_out) > judged_bucket
+        && ratio_of(day_out, day_in) >= cfg.min_ratio
 }
 
 fn add_dest(v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
