@@ -532,6 +532,128 @@ pub struct PeerView {
 }
 
 impl PeerView {
+    /// No peer data yet (see `add_day`).
+    pub fn new(app: &str) -> Self {
+        PeerView {
+            app: app.to_string(),
+            running_host_days: 0,
+            active_host_days: 0,
+            peer_hosts: 0,
+            active_peer_hosts: 0,
+            new_today: 0,
+            days: 0,
+            ratio_hist: vec![0; RATIO_BUCKETS],
+            volume_hist: vec![0; VOLUME_BUCKETS],
+            daily_out_hist: vec![0; VOLUME_BUCKETS],
+            services: BTreeMap::new(),
+            upload_windows_hist: vec![0; PERSISTENCE_BUCKETS],
+        }
+    }
+
+    /// Adds one day of peer statistics: the sum of `plus`, less `minus` and
+    /// less the judged host's own (app, day) `own`, every cell saturating at
+    /// zero. The same view as `from_days` over that day merged and then
+    /// subtracted (services left at zero aside), without building the day:
+    /// the engine does this for every judged window.
+    pub fn add_day(
+        &mut self,
+        today: i64,
+        day: i64,
+        plus: &[&AppDayStats],
+        minus: Option<&AppDayStats>,
+        own: Option<&HostAppDay>,
+    ) {
+        let ind = own.map(HostAppDay::indicators).unwrap_or_default();
+        let scalar = |f: fn(&AppDayStats) -> u64, own_one: bool| -> u64 {
+            let sum: u64 = plus.iter().map(|d| f(d)).sum();
+            sum.saturating_sub(minus.map_or(0, f) + u64::from(own_one))
+        };
+        let running = scalar(|d| d.hosts_running, ind.running);
+        let active = scalar(|d| d.hosts_active, ind.active);
+        let new = scalar(|d| d.hosts_new, ind.new);
+        let mut nonempty = running != 0 || active != 0 || new != 0;
+        let hist = |out: &mut Vec<u64>, f: fn(&AppDayStats) -> &Vec<u64>, own_cell: Option<u8>| {
+            let len = plus.iter().map(|d| f(d).len()).max().unwrap_or(0);
+            if out.len() < len {
+                out.resize(len, 0);
+            }
+            let mut any = false;
+            for (i, o) in out.iter_mut().enumerate().take(len) {
+                let sum: u64 = plus.iter().map(|d| f(d).get(i).copied().unwrap_or(0)).sum();
+                let less = minus.and_then(|m| f(m).get(i).copied()).unwrap_or(0)
+                    + u64::from(own_cell.is_some_and(|c| usize::from(c) == i));
+                let v = sum.saturating_sub(less);
+                *o += v;
+                any |= v != 0;
+            }
+            any
+        };
+        nonempty |= hist(&mut self.ratio_hist, |d| &d.ratio_hist, ind.ratio);
+        nonempty |= hist(&mut self.volume_hist, |d| &d.volume_hist, ind.volume);
+        nonempty |= hist(
+            &mut self.daily_out_hist,
+            |d| &d.daily_out_hist,
+            ind.daily_out,
+        );
+        nonempty |= hist(
+            &mut self.upload_windows_hist,
+            |d| &d.upload_windows_hist,
+            ind.upload_windows,
+        );
+        for (k, p) in plus.iter().enumerate() {
+            for name in p.services.keys() {
+                if plus[..k].iter().any(|q| q.services.contains_key(name)) {
+                    continue;
+                }
+                let (mut hosts, mut uploads) = (0u64, 0u64);
+                for q in plus {
+                    if let Some(c) = q.services.get(name) {
+                        hosts += c.hosts;
+                        uploads += c.upload_hosts;
+                    }
+                }
+                let (mh, mu) = minus
+                    .and_then(|m| m.services.get(name))
+                    .map_or((0, 0), |c| (c.hosts, c.upload_hosts));
+                let (oh, ou) = own
+                    .and_then(|o| o.services.get(name))
+                    .map_or((0, 0), |up| (1, u64::from(*up)));
+                let hosts = hosts.saturating_sub(mh + oh);
+                let uploads = uploads.saturating_sub(mu + ou);
+                if hosts == 0 && uploads == 0 {
+                    continue;
+                }
+                nonempty = true;
+                match self.services.get_mut(name.as_str()) {
+                    Some(e) => {
+                        e.hosts += hosts;
+                        e.upload_hosts += uploads;
+                    }
+                    None => {
+                        self.services.insert(
+                            name.clone(),
+                            ServiceCount {
+                                hosts,
+                                upload_hosts: uploads,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if !nonempty {
+            return;
+        }
+        self.running_host_days += running;
+        self.active_host_days += active;
+        self.peer_hosts = self.peer_hosts.max(running);
+        self.active_peer_hosts = self.active_peer_hosts.max(active);
+        if day == today {
+            self.new_today = new;
+        }
+        self.days += 1;
+    }
+
     pub fn from_days<'a>(
         app: &str,
         today: i64,
@@ -737,6 +859,58 @@ mod tests {
             b.add(&extra);
             b.subtract(&extra);
             prop_assert_eq!(base.to_canonical_bytes(), b.to_canonical_bytes());
+        }
+    }
+
+    /// `from_days` over days built the long way (merged, subtracted), with
+    /// services that ended at zero dropped (they weigh nothing).
+    fn view_the_long_way(
+        today: i64,
+        days: &[(Vec<AppDayStats>, Option<AppDayStats>, Option<HostAppDay>)],
+    ) -> PeerView {
+        let built: Vec<AppDayStats> = days
+            .iter()
+            .enumerate()
+            .map(|(d, (plus, minus, own))| {
+                let mut acc = AppDayStats::empty("app", d as i64);
+                for p in plus {
+                    acc.merge(p);
+                }
+                if let Some(m) = minus {
+                    acc.subtract(m);
+                }
+                if let Some(o) = own {
+                    acc.subtract(&o.contribution("app", d as i64));
+                }
+                acc
+            })
+            .collect();
+        let mut v = PeerView::from_days("app", today, built.iter());
+        v.services.retain(|_, c| c.hosts != 0 || c.upload_hosts != 0);
+        v
+    }
+
+    proptest! {
+        /// The engine's direct peer view equals merging each day, subtracting
+        /// what was shipped and the judged host, then summing the days.
+        #[test]
+        fn add_day_equals_merge_then_subtract(
+            days in prop::collection::vec(
+                (
+                    prop::collection::vec(arb_partial(), 1..3),
+                    prop::option::of(arb_partial()),
+                    prop::option::of(arb_host_day()),
+                ),
+                1..5,
+            ),
+            today in 0i64..5,
+        ) {
+            let mut direct = PeerView::new("app");
+            for (d, (plus, minus, own)) in days.iter().enumerate() {
+                let plus: Vec<&AppDayStats> = plus.iter().collect();
+                direct.add_day(today, d as i64, &plus, minus.as_ref(), own.as_ref());
+            }
+            prop_assert_eq!(direct, view_the_long_way(today, &days));
         }
     }
 

@@ -17,12 +17,12 @@ use crate::alert::{alert_id, Alert, Destination, ANALYTIC};
 use crate::app::{normalise_app, UNKNOWN_APP};
 use crate::baseline::{
     persistence_bucket, ratio_bucket, volume_bucket, AppDayStats, FleetBaseline, HostAppDay,
-    ServiceChange,
+    PeerView, ServiceChange,
 };
 use crate::catalogue::{Catalogue, OTHER};
 use crate::config::EngineConfig;
 use crate::policy::Policy;
-use crate::score::{score_finding, FindingKind, ScoreInput};
+use crate::score::{score_finding, score_only, FindingKind, ScoreInput};
 use crate::telemetry::{DnsRecord, Event, NetRecord, ProcessEnd, ProcessStart};
 use crate::time::Timestamp;
 
@@ -628,6 +628,8 @@ impl Engine {
                 0
             }
         };
+        // Whether the pid is in `open_pids`: some instance has an open window.
+        let pid_open = instances.iter().any(|s| !s.windows.is_empty());
         let p = &mut instances[idx];
         // Every record of a pid whose start was never seen (a process really
         // named `unknown` has its own interned name, not this one).
@@ -671,7 +673,7 @@ impl Engine {
                     add_dest(&mut w.dests, &dest, 64);
                 }
                 None => {
-                    if p.windows.is_empty() && !h.open_pids.contains(&n.pid) {
+                    if !pid_open {
                         h.open_pids.push(n.pid);
                     }
                     let pos = p.windows.partition_point(|w| w.start < wstart);
@@ -899,20 +901,16 @@ impl Engine {
             let h = &self.hosts[hid];
             let host = h.name.clone();
             let host = host.as_ref();
-            let (own, own_history, host_has_history) = {
-                let mut own = Vec::new();
+            let (own_history, host_has_history) = {
                 let mut history = Vec::new();
-                for d in oldest..=day {
+                for d in oldest..day {
                     if let Some(s) = h.app_days.get(&(app_id, d)) {
-                        own.push(s.contribution(&app, d));
-                        if d < day {
-                            history.push((d, s.max_volume, s.out_total));
-                        }
+                        history.push((d, s.max_volume, s.out_total));
                     }
                 }
-                (own, history, h.first_day < day)
+                (history, h.first_day < day)
             };
-            let view = self.peer_view(&app, day, &own);
+            let view = self.peer_view(hid, app_id, &app, day);
             for (kind, start, out, inb, service, dests) in findings {
                 let approved = self.policy.is_approved(&app, &service);
                 let input = ScoreInput {
@@ -936,7 +934,7 @@ impl Engine {
                         .max_by_key(|d| d.out)
                         .is_some_and(|d| d.name.is_none()),
                 };
-                let scored = score_finding(&input);
+                let scored = score_only(&input);
                 if scored.score < self.cfg.alert_score {
                     continue;
                 }
@@ -965,6 +963,8 @@ impl Engine {
                     }
                 }
                 last_alert = Some((scored.severity, at));
+                // An alert: now its reasons are worth their words.
+                let scored = score_finding(&input);
                 let kind_s = match kind {
                     FindingKind::Window => "window",
                     FindingKind::Cumulative => "cumulative",
@@ -1039,41 +1039,43 @@ impl Engine {
         }
     }
 
-    fn peer_view(&self, app: &str, today: i64, own: &[AppDayStats]) -> crate::baseline::PeerView {
-        let horizon = self.cfg.horizon_days;
+    /// The app's peers over the horizon ending `today`, the judged host
+    /// (`hid`) left out: a host is never its own peer.
+    fn peer_view(&self, hid: usize, app_id: u32, app: &str, today: i64) -> PeerView {
+        let oldest = today - i64::from(self.cfg.horizon_days) + 1;
+        let h = &self.hosts[hid];
+        let own = |d: i64| h.app_days.get(&(app_id, d));
+        let mut view = PeerView::new(app);
         match &self.fleet {
-            None => self.local.peer_view(app, today, horizon, own),
+            None => {
+                if let Some(days) = self.local.days_of(app) {
+                    for (d, s) in days.range(oldest..=today) {
+                        view.add_day(today, *d, &[s], None, own(*d));
+                    }
+                }
+            }
             Some(fleet) => {
                 // fleet − what we shipped + what we have now − the judged
                 // host, day by day (no intermediate baseline is built).
-                let oldest = today - i64::from(horizon) + 1;
-                fn day_of<'a>(b: &'a FleetBaseline, app: &str, d: i64) -> Option<&'a AppDayStats> {
-                    b.days_of(app).and_then(|m| m.get(&d))
-                }
-                let mut days = Vec::new();
+                let (f, l, shipped) = (
+                    fleet.days_of(app),
+                    self.local.days_of(app),
+                    self.shipped.days_of(app),
+                );
                 for d in oldest..=today {
-                    let (f, l) = (day_of(fleet, app, d), day_of(&self.local, app, d));
-                    if f.is_none() && l.is_none() {
-                        continue;
-                    }
-                    let mut acc = AppDayStats::empty(app, d);
-                    for x in [f, l].into_iter().flatten() {
-                        acc.merge(x);
-                    }
-                    if let Some(x) = day_of(&self.shipped, app, d) {
-                        acc.subtract(x);
-                    }
-                    if acc.is_empty() {
-                        continue;
-                    }
-                    for o in own.iter().filter(|o| o.day == d && o.app == app) {
-                        acc.subtract(o);
-                    }
-                    days.push(acc);
+                    let f = f.and_then(|m| m.get(&d));
+                    let l = l.and_then(|m| m.get(&d));
+                    let plus: &[&AppDayStats] = match (&f, &l) {
+                        (Some(f), Some(l)) => &[f, l],
+                        (Some(f), None) => &[f],
+                        (None, Some(l)) => &[l],
+                        (None, None) => continue,
+                    };
+                    view.add_day(today, d, plus, shipped.and_then(|m| m.get(&d)), own(d));
                 }
-                crate::baseline::PeerView::from_days(app, today, days.iter())
             }
         }
+        view
     }
 }
 

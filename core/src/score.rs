@@ -82,6 +82,17 @@ fn round3(x: f64) -> f64 {
 }
 
 pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
+    score_finding_detail(i, true)
+}
+
+/// The score alone: the reasons carry their numbers but no text (most judged
+/// windows score low; their explanations would be formatted for nothing).
+/// Score, severity and every reason's figures equal `score_finding`'s.
+pub fn score_only(i: &ScoreInput<'_>) -> Scored {
+    score_finding_detail(i, false)
+}
+
+fn score_finding_detail(i: &ScoreInput<'_>, render: bool) -> Scored {
     let v = i.view;
     let peers = v.peer_hosts;
     let thin = peers < i.cfg.min_peers;
@@ -92,16 +103,17 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
         1.0
     };
     let mut reasons = Vec::new();
-    let mut push = |factor: &str, value: f64, pct: f64, contribution: f64, detail: String| {
-        reasons.push(Reason {
-            factor: factor.to_string(),
-            value: round3(value),
-            peers,
-            percentile: round3(pct),
-            contribution: round3(contribution),
-            detail,
-        });
-    };
+    let mut push =
+        |factor: &str, value: f64, pct: f64, contribution: f64, detail: &dyn Fn() -> String| {
+            reasons.push(Reason {
+                factor: factor.to_string(),
+                value: round3(value),
+                peers,
+                percentile: round3(pct),
+                contribution: round3(contribution),
+                detail: if render { detail() } else { String::new() },
+            });
+        };
 
     // Volume: this window (or this day) against peers' busiest windows (days).
     let vb = volume_bucket(i.out);
@@ -111,19 +123,15 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
     };
     let (k, n) = PeerView::tail(hist, vb);
     let c = surprise(k, n).min(4.0) * support(k) * weight;
-    push(
-        "volume",
-        i.out as f64,
-        percentile(k, n),
-        c,
+    push("volume", i.out as f64, percentile(k, n), c, &|| {
         format!(
             "{} out in one {unit}; {} of {} peer host-days of {} reached this",
             human_bytes(i.out),
             thousands(k),
             thousands(n),
             i.app
-        ),
-    );
+        )
+    });
 
     // Persistence (low and slow): how many windows of the day uploaded,
     // against peers' busiest days.
@@ -136,13 +144,15 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
             i.upload_windows as f64,
             percentile(k, n),
             c,
-            format!(
+            &|| {
+                format!(
                 "uploaded in {} windows today; {} of {} peer host-days of {} uploaded that often",
                 i.upload_windows,
                 thousands(k),
                 thousands(n),
                 i.app
-            ),
+            )
+            },
         );
     }
 
@@ -151,28 +161,20 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
     let (k, n) = PeerView::tail(&v.ratio_hist, rb);
     let c = surprise(k, n).min(3.0) * 0.5 * support(k) * weight;
     let ratio = i.out as f64 / i.inb.max(1) as f64;
-    push(
-        "ratio",
-        ratio,
-        percentile(k, n),
-        c,
+    push("ratio", ratio, percentile(k, n), c, &|| {
         format!(
             "outbound:inbound {:.0}:1; {} of {} peer host-days with uploads reached this",
             ratio,
             thousands(k),
             thousands(n)
-        ),
-    );
+        )
+    });
 
     // Destination: how many peer host-days of this app uploaded to this service.
     if i.approved {
-        push(
-            "approved_service",
-            0.0,
-            0.0,
-            -3.0,
-            format!("{} is approved by policy for {}", i.service, i.app),
-        );
+        push("approved_service", 0.0, 0.0, -3.0, &|| {
+            format!("{} is approved by policy for {}", i.service, i.app)
+        });
     } else {
         let k = v.services.get(i.service).map_or(0, |s| s.upload_hosts);
         let n = v.active_host_days;
@@ -193,11 +195,7 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
         if storage && k == 0 {
             c += 0.5;
         }
-        push(
-            "destination",
-            k as f64,
-            percentile(k, n),
-            c,
+        push("destination", k as f64, percentile(k, n), c, &|| {
             format!(
                 "{} uploaded to {}{} on {} of {} network-active peer host-days",
                 i.app,
@@ -209,20 +207,16 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
                 },
                 thousands(k),
                 thousands(n)
-            ),
-        );
+            )
+        });
     }
 
     if i.unnamed_destination {
         // TLS clients send the server name; an upload to a bare address with
         // no DNS answer on the host either is deliberate or is rare tooling.
-        push(
-            "unnamed_destination",
-            1.0,
-            0.0,
-            1.5,
-            "the destination has no TLS server name and no DNS answer on the host: it hides its name".to_string(),
-        );
+        push("unnamed_destination", 1.0, 0.0, 1.5, &|| {
+            "the destination has no TLS server name and no DNS answer on the host: it hides its name".to_string()
+        });
     }
 
     // Network prevalence: does this app normally talk to the Internet at all?
@@ -240,24 +234,22 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
             100.0 * a as f64 / r as f64
         },
         c,
-        format!(
-            "{} made outbound HTTPS connections on {} of {} peer host-days it ran",
-            i.app,
-            thousands(a),
-            thousands(r)
-        ),
+        &|| {
+            format!(
+                "{} made outbound HTTPS connections on {} of {} peer host-days it ran",
+                i.app,
+                thousands(a),
+                thousands(r)
+            )
+        },
     );
 
     // Lineage: an Office app spawning a script host.
     if let Some(parent) = i.parent_app {
         if is_office_app(parent) && is_script_host(i.app) {
-            push(
-                "lineage",
-                1.0,
-                0.0,
-                2.0,
-                format!("{} was started by {}", i.app, parent),
-            );
+            push("lineage", 1.0, 0.0, 2.0, &|| {
+                format!("{} was started by {}", i.app, parent)
+            });
         }
     }
 
@@ -265,13 +257,9 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
     // analytic's "normally does not initiate network communications", judged
     // on the host itself.
     if i.host_has_history && !i.own_history.iter().any(|(_, maxv, _)| maxv.is_some()) {
-        push(
-            "host_first_use",
-            1.0,
-            0.0,
-            1.0,
-            format!("{} has not sent anything out from this host before", i.app),
-        );
+        push("host_first_use", 1.0, 0.0, 1.0, &|| {
+            format!("{} has not sent anything out from this host before", i.app)
+        });
     }
 
     // The host's own history with this app.
@@ -284,43 +272,31 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
         })
         .count();
     if similar_days > 0 {
-        push(
-            "host_history",
-            similar_days as f64,
-            0.0,
-            -1.5,
+        push("host_history", similar_days as f64, 0.0, -1.5, &|| {
             format!(
                 "this host moved similar volumes with {} on {} earlier day(s)",
                 i.app, similar_days
-            ),
-        );
+            )
+        });
     }
 
     if thin {
         // Learning: judge a new or rare app by adoption and by sheer volume.
         let others_new = v.new_today;
         if others_new >= 3 {
-            push(
-                "rollout",
-                others_new as f64,
-                0.0,
-                -1.5,
+            push("rollout", others_new as f64, 0.0, -1.5, &|| {
                 format!(
                     "{} other hosts started running {} today: a rollout",
                     others_new, i.app
-                ),
-            );
+                )
+            });
         } else {
-            push(
-                "rollout",
-                others_new as f64,
-                0.0,
-                1.0,
+            push("rollout", others_new as f64, 0.0, 1.0, &|| {
                 format!(
                     "{} runs on {} other host(s): not a fleet rollout",
                     i.app, peers
-                ),
-            );
+                )
+            });
         }
         let mib = i.out as f64 / (16u64 << 20) as f64;
         let c = if mib > 1.0 {
@@ -328,23 +304,15 @@ pub fn score_finding(i: &ScoreInput<'_>) -> Scored {
         } else {
             0.0
         };
-        push(
-            "absolute_volume",
-            i.out as f64,
-            0.0,
-            c,
-            format!("{} out with no established baseline", human_bytes(i.out)),
-        );
-        push(
-            "thin_baseline",
-            peers as f64,
-            0.0,
-            0.0,
+        push("absolute_volume", i.out as f64, 0.0, c, &|| {
+            format!("{} out with no established baseline", human_bytes(i.out))
+        });
+        push("thin_baseline", peers as f64, 0.0, 0.0, &|| {
             format!(
                 "only {} peer host(s) run {} (minimum {}): learning; severity capped at medium",
                 peers, i.app, i.cfg.min_peers
-            ),
-        );
+            )
+        });
     }
 
     let score: f64 = reasons.iter().map(|r| r.contribution).sum();
@@ -476,5 +444,31 @@ mod tests {
         let mut i = input(&cfg, &v, "dropbox", 50 << 20);
         i.approved = true;
         assert!(score_finding(&i).score < base - 3.0);
+    }
+
+    #[test]
+    fn score_only_has_every_figure_but_no_words() {
+        let cfg = EngineConfig::default();
+        for (hosts, uploaders, service, out) in [
+            (40, 0, "dropbox", 200u64 << 20),
+            (40, 30, "sharepoint", 8 << 20),
+            (2, 0, "dropbox", 64 << 20),
+        ] {
+            let v = view(hosts, uploaders, 20);
+            let mut i = input(&cfg, &v, service, out);
+            i.parent_app = Some("winword.exe");
+            i.kind = FindingKind::Cumulative;
+            let full = score_finding(&i);
+            let bare = score_only(&i);
+            assert_eq!(full.score.to_bits(), bare.score.to_bits());
+            assert_eq!((full.severity, full.thin), (bare.severity, bare.thin));
+            assert_eq!(full.reasons.len(), bare.reasons.len());
+            for (f, b) in full.reasons.iter().zip(&bare.reasons) {
+                assert!(!f.detail.is_empty() && b.detail.is_empty());
+                let mut f = f.clone();
+                f.detail.clear();
+                assert_eq!(&f, b);
+            }
+        }
     }
 }
