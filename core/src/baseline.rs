@@ -509,6 +509,24 @@ impl FleetBaseline {
     }
 }
 
+/// Advances an ordered map walk to `name`: its value if the map has it.
+fn take_at<'a, V>(
+    it: &mut Option<std::iter::Peekable<std::collections::btree_map::Iter<'a, String, V>>>,
+    name: &str,
+) -> Option<&'a V> {
+    let it = it.as_mut()?;
+    while let Some((k, _)) = it.peek() {
+        match k.as_str().cmp(name) {
+            std::cmp::Ordering::Less => {
+                it.next();
+            }
+            std::cmp::Ordering::Equal => return it.next().map(|(_, v)| v),
+            std::cmp::Ordering::Greater => return None,
+        }
+    }
+    None
+}
+
 /// An app's peer statistics over the horizon, judged host excluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -577,11 +595,31 @@ impl PeerView {
             if out.len() < len {
                 out.resize(len, 0);
             }
+            let own_cell = own_cell.map(usize::from).filter(|c| *c < len);
+            if let ([p], None) = (plus, minus) {
+                // One source, nothing shipped: add it, then take the judged
+                // host's one cell back out.
+                let p = f(p);
+                let mut any = false;
+                for (o, x) in out.iter_mut().zip(p) {
+                    *o += x;
+                    any |= *x != 0;
+                }
+                if let Some(c) = own_cell {
+                    if p[c] >= 1 {
+                        out[c] -= 1;
+                        if p[c] == 1 {
+                            any = p.iter().enumerate().any(|(i, x)| *x != 0 && i != c);
+                        }
+                    }
+                }
+                return any;
+            }
             let mut any = false;
             for (i, o) in out.iter_mut().enumerate().take(len) {
                 let sum: u64 = plus.iter().map(|d| f(d).get(i).copied().unwrap_or(0)).sum();
                 let less = minus.and_then(|m| f(m).get(i).copied()).unwrap_or(0)
-                    + u64::from(own_cell.is_some_and(|c| usize::from(c) == i));
+                    + u64::from(own_cell == Some(i));
                 let v = sum.saturating_sub(less);
                 *o += v;
                 any |= v != 0;
@@ -600,6 +638,83 @@ impl PeerView {
             |d| &d.upload_windows_hist,
             ind.upload_windows,
         );
+        // Services: the sources, what was shipped and the host's own are all
+        // ordered by name, so one walk pairs them up.
+        if plus.len() > 2 {
+            nonempty |= self.add_services_by_lookup(plus, minus, own);
+        } else {
+            let mut a = plus.first().map(|d| d.services.iter().peekable());
+            let mut b = plus.get(1).map(|d| d.services.iter().peekable());
+            let mut m = minus.map(|d| d.services.iter().peekable());
+            let mut o = own.map(|d| d.services.iter().peekable());
+            loop {
+                let ka = a.as_mut().and_then(|i| i.peek().map(|(k, _)| *k));
+                let kb = b.as_mut().and_then(|i| i.peek().map(|(k, _)| *k));
+                let name = match (ka, kb) {
+                    (None, None) => break,
+                    (Some(x), None) => x,
+                    (None, Some(y)) => y,
+                    (Some(x), Some(y)) => x.min(y),
+                };
+                let (mut hosts, mut uploads) = (0u64, 0u64);
+                for (it, k) in [(&mut a, ka), (&mut b, kb)] {
+                    if k == Some(name) {
+                        if let Some((_, c)) = it.as_mut().and_then(Iterator::next) {
+                            hosts += c.hosts;
+                            uploads += c.upload_hosts;
+                        }
+                    }
+                }
+                let (mh, mu) = take_at(&mut m, name).map_or((0, 0), |c| (c.hosts, c.upload_hosts));
+                let (oh, ou) = take_at(&mut o, name).map_or((0, 0), |up| (1, u64::from(*up)));
+                let hosts = hosts.saturating_sub(mh + oh);
+                let uploads = uploads.saturating_sub(mu + ou);
+                if hosts == 0 && uploads == 0 {
+                    continue;
+                }
+                nonempty = true;
+                self.add_service(name, hosts, uploads);
+            }
+        }
+        if !nonempty {
+            return;
+        }
+        self.running_host_days += running;
+        self.active_host_days += active;
+        self.peer_hosts = self.peer_hosts.max(running);
+        self.active_peer_hosts = self.active_peer_hosts.max(active);
+        if day == today {
+            self.new_today = new;
+        }
+        self.days += 1;
+    }
+
+    fn add_service(&mut self, name: &str, hosts: u64, uploads: u64) {
+        match self.services.get_mut(name) {
+            Some(e) => {
+                e.hosts += hosts;
+                e.upload_hosts += uploads;
+            }
+            None => {
+                self.services.insert(
+                    name.to_string(),
+                    ServiceCount {
+                        hosts,
+                        upload_hosts: uploads,
+                    },
+                );
+            }
+        }
+    }
+
+    /// `add_day`'s services for any number of sources; whether any was left.
+    fn add_services_by_lookup(
+        &mut self,
+        plus: &[&AppDayStats],
+        minus: Option<&AppDayStats>,
+        own: Option<&HostAppDay>,
+    ) -> bool {
+        let mut any = false;
         for (k, p) in plus.iter().enumerate() {
             for name in p.services.keys() {
                 if plus[..k].iter().any(|q| q.services.contains_key(name)) {
@@ -620,38 +735,13 @@ impl PeerView {
                     .map_or((0, 0), |up| (1, u64::from(*up)));
                 let hosts = hosts.saturating_sub(mh + oh);
                 let uploads = uploads.saturating_sub(mu + ou);
-                if hosts == 0 && uploads == 0 {
-                    continue;
-                }
-                nonempty = true;
-                match self.services.get_mut(name.as_str()) {
-                    Some(e) => {
-                        e.hosts += hosts;
-                        e.upload_hosts += uploads;
-                    }
-                    None => {
-                        self.services.insert(
-                            name.clone(),
-                            ServiceCount {
-                                hosts,
-                                upload_hosts: uploads,
-                            },
-                        );
-                    }
+                if hosts != 0 || uploads != 0 {
+                    any = true;
+                    self.add_service(name, hosts, uploads);
                 }
             }
         }
-        if !nonempty {
-            return;
-        }
-        self.running_host_days += running;
-        self.active_host_days += active;
-        self.peer_hosts = self.peer_hosts.max(running);
-        self.active_peer_hosts = self.active_peer_hosts.max(active);
-        if day == today {
-            self.new_today = new;
-        }
-        self.days += 1;
+        any
     }
 
     pub fn from_days<'a>(
@@ -886,7 +976,8 @@ mod tests {
             })
             .collect();
         let mut v = PeerView::from_days("app", today, built.iter());
-        v.services.retain(|_, c| c.hosts != 0 || c.upload_hosts != 0);
+        v.services
+            .retain(|_, c| c.hosts != 0 || c.upload_hosts != 0);
         v
     }
 
@@ -897,7 +988,7 @@ mod tests {
         fn add_day_equals_merge_then_subtract(
             days in prop::collection::vec(
                 (
-                    prop::collection::vec(arb_partial(), 1..3),
+                    prop::collection::vec(arb_partial(), 1..4),
                     prop::option::of(arb_partial()),
                     prop::option::of(arb_host_day()),
                 ),
