@@ -124,6 +124,7 @@ struct OpenWindow {
 #[derive(Debug)]
 struct ProcState {
     meta: Arc<ProcMeta>,
+    pid: u32,
     /// Copies of `meta`'s hot fields: the per-record path reads these
     /// without following the pointer (a cache miss per record otherwise).
     start: Timestamp,
@@ -145,6 +146,8 @@ struct ProcState {
     day_in: u64,
     day_first: Timestamp,
     day_dests: Vec<DestAcc>,
+    /// `dest_key` of each of `day_dests` (a short scan finds a destination).
+    day_keys: Vec<u64>,
     /// Highest volume bucket of the day's total already judged (low and slow).
     cum_judged_bucket: u8,
     /// Windows of the day that uploaded (persistence).
@@ -155,10 +158,14 @@ struct ProcState {
 struct HostState {
     name: Arc<str>,
     max_ts: Timestamp,
-    /// Instances of each pid, oldest first (pid reuse).
-    procs: Map<u32, Vec<ProcState>>,
-    /// Pids with at least one open window (closing visits only these).
-    open_pids: Vec<u32>,
+    /// The host's process instances, in slots that keep their index while
+    /// the instance lives (freed slots are reused).
+    slots: Vec<Option<ProcState>>,
+    free_slots: Vec<u32>,
+    /// Slots of each pid's instances, oldest start first (pid reuse).
+    pids: Map<u32, Vec<u32>>,
+    /// Slots with at least one open window (closing visits only these).
+    open: Vec<u32>,
     /// Next time finished and idle processes are swept out.
     next_sweep: Timestamp,
     /// The first day the host sent telemetry.
@@ -178,8 +185,10 @@ impl HostState {
         HostState {
             name,
             max_ts: Timestamp::MIN,
-            procs: Map::default(),
-            open_pids: Vec::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            pids: Map::default(),
+            open: Vec::new(),
             next_sweep: Timestamp::MIN,
             first_day: i64::MAX,
             dns: Map::default(),
@@ -188,6 +197,46 @@ impl HostState {
             apps_seen: Default::default(),
             next_close: Timestamp(i64::MAX),
         }
+    }
+
+    fn slot(&self, i: u32) -> Option<&ProcState> {
+        self.slots.get(i as usize).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, i: u32) -> Option<&mut ProcState> {
+        self.slots.get_mut(i as usize).and_then(Option::as_mut)
+    }
+
+    /// Stores an instance; its slot.
+    fn put(&mut self, p: ProcState) -> u32 {
+        match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(p);
+                i
+            }
+            None => {
+                self.slots.push(Some(p));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    /// The instance of `pid` that started at `start`.
+    fn instance(&self, pid: u32, start: Timestamp) -> Option<&ProcState> {
+        self.pids
+            .get(&pid)?
+            .iter()
+            .filter_map(|&i| self.slot(i))
+            .find(|p| p.start == start)
+    }
+
+    fn instance_mut(&mut self, pid: u32, start: Timestamp) -> Option<&mut ProcState> {
+        let i = *self
+            .pids
+            .get(&pid)?
+            .iter()
+            .find(|&&i| self.slot(i).is_some_and(|p| p.start == start))?;
+        self.slot_mut(i)
     }
 }
 
@@ -324,7 +373,7 @@ impl Engine {
         s.live_processes = self
             .hosts
             .iter()
-            .map(|h| h.procs.values().map(Vec::len).sum::<usize>() as u64)
+            .map(|h| h.slots.iter().filter(|s| s.is_some()).count() as u64)
             .sum();
         s
     }
@@ -466,9 +515,10 @@ impl Engine {
                 // The parent's name from our own process table.
                 let h = &self.hosts[hid];
                 let ppid = p.ppid?;
-                h.procs
+                h.pids
                     .get(&ppid)
                     .and_then(|v| v.last())
+                    .and_then(|&i| h.slot(i))
                     .map(|s| s.meta.app.clone())
             });
         let meta = Arc::new(ProcMeta {
@@ -485,12 +535,17 @@ impl Engine {
         let day = p.ts.day();
         let h = &mut self.hosts[hid];
         let new_app = h.apps_seen.insert(app_id);
-        let instances = h.procs.entry(p.pid).or_default();
         // Keep the instance list ordered by start; a duplicate start is ignored.
-        if instances.iter().any(|s| s.start == p.ts && s.app == app) {
-            return;
+        if let Some(v) = h.pids.get(&p.pid) {
+            if v.iter()
+                .filter_map(|&i| h.slot(i))
+                .any(|s| s.start == p.ts && s.app == app)
+            {
+                return;
+            }
         }
         let state = ProcState {
+            pid: p.pid,
             start: meta.start,
             app: meta.app.clone(),
             app_id: meta.app_id,
@@ -506,16 +561,22 @@ impl Engine {
             day_in: 0,
             day_first: p.ts,
             day_dests: Vec::new(),
+            day_keys: Vec::new(),
             cum_judged_bucket: 0,
             day_upload_windows: 0,
             last_alert: None,
         };
-        let pos = instances.partition_point(|s| s.start <= p.ts);
-        instances.insert(pos, state);
+        let slot = h.put(state);
+        let mut ids = h.pids.remove(&p.pid).unwrap_or_default();
+        let pos = ids.partition_point(|&i| h.slot(i).is_some_and(|s| s.start <= p.ts));
+        ids.insert(pos, slot);
         // Older instances of the pid are over (pid reuse).
-        for s in instances.iter_mut().take(pos) {
-            s.ended = true;
+        for &i in ids.iter().take(pos) {
+            if let Some(s) = h.slot_mut(i) {
+                s.ended = true;
+            }
         }
+        h.pids.insert(p.pid, ids);
         let entry = h.app_days.entry((app_id, day)).or_default();
         if !entry.running || (new_app && !entry.new) {
             let before = entry.contribution(&app, day);
@@ -528,11 +589,18 @@ impl Engine {
     }
 
     fn on_process_end(&mut self, hid: usize, p: &ProcessEnd) {
-        if let Some(v) = self.hosts[hid].procs.get_mut(&p.pid) {
-            if let Some(s) = v.iter_mut().rev().find(|s| s.start <= p.ts) {
-                s.ended = true;
-                s.last_activity = s.last_activity.max(p.ts);
-            }
+        let h = &mut self.hosts[hid];
+        let Some(v) = h.pids.get(&p.pid) else {
+            return;
+        };
+        let found = v
+            .iter()
+            .rev()
+            .copied()
+            .find(|&i| h.slot(i).is_some_and(|s| s.start <= p.ts));
+        if let Some(s) = found.and_then(|i| h.slot_mut(i)) {
+            s.ended = true;
+            s.last_activity = s.last_activity.max(p.ts);
         }
     }
 
@@ -586,9 +654,14 @@ impl Engine {
             },
         };
         // The process: the latest start at or before ts; else app `unknown`.
-        let instances = h.procs.entry(n.pid).or_default();
-        let idx = instances.iter().rposition(|s| s.start <= n.ts);
-        let idx = match idx {
+        let found = h.pids.get(&n.pid).and_then(|v| {
+            v.iter().rev().copied().find(|&i| {
+                h.slots[i as usize]
+                    .as_ref()
+                    .is_some_and(|s| s.start <= n.ts)
+            })
+        });
+        let slot = match found {
             Some(i) => i,
             None => {
                 let meta = Arc::new(ProcMeta {
@@ -602,35 +675,35 @@ impl Engine {
                     user: None,
                     parent_app: None,
                 });
-                instances.insert(
-                    0,
-                    ProcState {
-                        start: meta.start,
-                        app: meta.app.clone(),
-                        app_id: meta.app_id,
-                        unknown: true,
-                        last_service: None,
-                        meta,
-                        ended: false,
-                        last_activity: n.ts,
-                        windows: Vec::new(),
-                        closed_through: Timestamp::MIN,
-                        day: n.ts.day(),
-                        day_out: 0,
-                        day_in: 0,
-                        day_first: n.ts,
-                        day_dests: Vec::new(),
-                        cum_judged_bucket: 0,
-                        day_upload_windows: 0,
-                        last_alert: None,
-                    },
-                );
-                0
+                let slot = h.put(ProcState {
+                    pid: n.pid,
+                    start: meta.start,
+                    app: meta.app.clone(),
+                    app_id: meta.app_id,
+                    unknown: true,
+                    last_service: None,
+                    meta,
+                    ended: false,
+                    last_activity: n.ts,
+                    windows: Vec::new(),
+                    closed_through: Timestamp::MIN,
+                    day: n.ts.day(),
+                    day_out: 0,
+                    day_in: 0,
+                    day_first: n.ts,
+                    day_dests: Vec::new(),
+                    day_keys: Vec::new(),
+                    cum_judged_bucket: 0,
+                    day_upload_windows: 0,
+                    last_alert: None,
+                });
+                h.pids.entry(n.pid).or_default().insert(0, slot);
+                slot
             }
         };
-        // Whether the pid is in `open_pids`: some instance has an open window.
-        let pid_open = instances.iter().any(|s| !s.windows.is_empty());
-        let p = &mut instances[idx];
+        let Some(p) = h.slots[slot as usize].as_mut() else {
+            return;
+        };
         // Every record of a pid whose start was never seen (a process really
         // named `unknown` has its own interned name, not this one).
         if p.unknown {
@@ -645,6 +718,7 @@ impl Engine {
             p.day_in = 0;
             p.day_first = n.ts;
             p.day_dests.clear();
+            p.day_keys.clear();
             p.cum_judged_bucket = 0;
             p.day_upload_windows = 0;
         }
@@ -659,7 +733,7 @@ impl Engine {
         if day == p.day {
             p.day_out = p.day_out.saturating_add(n.bytes_out);
             p.day_in = p.day_in.saturating_add(n.bytes_in);
-            add_dest(&mut p.day_dests, &dest, 32);
+            add_day_dest(&mut p.day_keys, &mut p.day_dests, &dest, 32);
         }
         // The interval ends at ts: it belongs to the window containing ts-1µs.
         let wstart = Timestamp(n.ts.0.saturating_sub(1)).window_start(window_us);
@@ -673,8 +747,8 @@ impl Engine {
                     add_dest(&mut w.dests, &dest, 64);
                 }
                 None => {
-                    if !pid_open {
-                        h.open_pids.push(n.pid);
+                    if p.windows.is_empty() {
+                        h.open.push(slot);
                     }
                     let pos = p.windows.partition_point(|w| w.start < wstart);
                     let mut dests = self.dest_pool.pop().unwrap_or_default();
@@ -747,12 +821,12 @@ impl Engine {
         let mut closed = std::mem::take(&mut self.scratch_closed);
         let mut next = Timestamp(i64::MAX);
         let mut still_open = std::mem::take(&mut self.scratch_open);
-        for &pid in &h.open_pids {
-            let Some(instances) = h.procs.get_mut(&pid) else {
+        for &slot in &h.open {
+            let Some(p) = h.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
                 continue;
             };
             let mut open = false;
-            for p in instances.iter_mut() {
+            {
                 while let Some(w) = p.windows.first() {
                     let end = w.start.saturating_add_us(window_us);
                     if end <= watermark {
@@ -778,7 +852,7 @@ impl Engine {
                                 self.dest_pool.push(w.dests);
                             }
                         } else {
-                            closed.push(detach(pid, p, w, window_us));
+                            closed.push(detach(p, w, window_us));
                         }
                     } else {
                         next = next.min(end);
@@ -788,10 +862,10 @@ impl Engine {
                 }
             }
             if open {
-                still_open.push(pid);
+                still_open.push(slot);
             }
         }
-        std::mem::swap(&mut h.open_pids, &mut still_open);
+        std::mem::swap(&mut h.open, &mut still_open);
         still_open.clear();
         self.scratch_open = still_open;
         h.next_close = next;
@@ -811,15 +885,24 @@ impl Engine {
         // are closed (bounded memory).
         if sweep {
             let h = &mut self.hosts[hid];
-            for instances in h.procs.values_mut() {
-                instances.retain(|p| {
-                    !p.windows.is_empty()
+            let (slots, free) = (&mut h.slots, &mut h.free_slots);
+            h.pids.retain(|_, ids| {
+                ids.retain(|&i| {
+                    let Some(p) = slots[i as usize].as_ref() else {
+                        return false;
+                    };
+                    let keep = !p.windows.is_empty()
                         || !((p.ended
                             && p.last_activity.saturating_add_us(ENDED_GRACE_US) < watermark)
-                            || p.last_activity.saturating_add_us(idle_us) < watermark)
+                            || p.last_activity.saturating_add_us(idle_us) < watermark);
+                    if !keep {
+                        slots[i as usize] = None;
+                        free.push(i);
+                    }
+                    keep
                 });
-            }
-            h.procs.retain(|_, v| !v.is_empty());
+                !ids.is_empty()
+            });
         }
     }
 
@@ -857,10 +940,7 @@ impl Engine {
         }
         // The live process knows best (several of its windows may close in
         // one batch): its alert memory and the day's judged level.
-        let live_proc = self.hosts[hid]
-            .procs
-            .get(&c.pid_index.0)
-            .and_then(|v| v.iter().find(|p| p.start == c.pid_index.1));
+        let live_proc = self.hosts[hid].instance(c.pid_index.0, c.pid_index.1);
         let live = live_proc.map(|p| {
             (
                 p.last_alert,
@@ -891,9 +971,7 @@ impl Engine {
             None
         } else {
             self.hosts[hid]
-                .procs
-                .get(&c.pid_index.0)
-                .and_then(|v| v.iter().find(|p| p.start == c.pid_index.1))
+                .instance(c.pid_index.0, c.pid_index.1)
                 .map(|p| p.meta.clone())
         };
         if let Some(meta) = meta {
@@ -1014,12 +1092,10 @@ impl Engine {
         // Write back the process's alert memory and day progress.
         {
             let h = &mut self.hosts[hid];
-            if let Some(v) = h.procs.get_mut(&c.pid_index.0) {
-                if let Some(p) = v.iter_mut().find(|p| p.start == c.pid_index.1) {
-                    p.last_alert = last_alert;
-                    if p.day == day {
-                        p.cum_judged_bucket = p.cum_judged_bucket.max(new_cum_bucket);
-                    }
+            if let Some(p) = h.instance_mut(c.pid_index.0, c.pid_index.1) {
+                p.last_alert = last_alert;
+                if p.day == day {
+                    p.cum_judged_bucket = p.cum_judged_bucket.max(new_cum_bucket);
                 }
             }
             // Fold the window into the host's day.
@@ -1109,7 +1185,7 @@ fn note_closed(p: &mut ProcState, w: &OpenWindow, end: Timestamp) {
     }
 }
 
-fn detach(pid: u32, p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
+fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
     let end = w.start.saturating_add_us(window_us);
     note_closed(p, &w, end);
     ClosedWindow {
@@ -1126,7 +1202,7 @@ fn detach(pid: u32, p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedW
         cum_judged_bucket: p.cum_judged_bucket,
         day_upload_windows: p.day_upload_windows,
         last_alert: p.last_alert,
-        pid_index: (pid, p.start),
+        pid_index: (p.pid, p.start),
     }
 }
 
@@ -1239,6 +1315,50 @@ fn add_dest(v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
         // Keep the biggest destinations; the smallest absorbs the rest.
         if d.out > min.out {
             *min = d.clone();
+        }
+    }
+}
+
+/// A destination's (address, port) folded into one word: IPv4 exactly,
+/// IPv6 hashed (a match is confirmed on the address).
+fn dest_key(ip: &IpAddr, port: u16) -> u64 {
+    match ip {
+        IpAddr::V4(a) => (u64::from(u32::from(*a)) << 16) | u64::from(port),
+        IpAddr::V6(a) => {
+            let x = u128::from(*a);
+            let h = (x as u64) ^ ((x >> 64) as u64).rotate_left(29) ^ u64::from(port);
+            h.wrapping_mul(0x9E37_79B9_7F4A_7C15) | (1 << 63)
+        }
+    }
+}
+
+/// `add_dest` for a process's day list, with `keys` kept beside it: the
+/// same entries in the same places, found by scanning words instead of
+/// whole entries.
+fn add_day_dest(keys: &mut Vec<u64>, v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
+    let key = dest_key(&d.ip, d.port);
+    let found = keys
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(i, k)| **k == key && v[*i].port == d.port && v[*i].ip == d.ip)
+        .map(|(i, _)| i);
+    if let Some(i) = found {
+        let e = &mut v[i];
+        e.out = e.out.saturating_add(d.out);
+        e.inb = e.inb.saturating_add(d.inb);
+        if e.name.is_none() && d.name.is_some() {
+            e.name = d.name.clone();
+            e.service = d.service.clone();
+        }
+    } else if v.len() < cap {
+        v.push(d.clone());
+        keys.push(key);
+    } else if let Some((i, _)) = v.iter().enumerate().min_by_key(|(_, e)| e.out) {
+        // Keep the biggest destinations; the smallest absorbs the rest.
+        if d.out > v[i].out {
+            v[i] = d.clone();
+            keys[i] = key;
         }
     }
 }
