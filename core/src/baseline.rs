@@ -615,11 +615,16 @@ impl PeerView {
                 }
                 return any;
             }
+            let cell = |h: &[u64], i: usize| h.get(i).copied().unwrap_or(0);
+            let (first, second) = (f(plus[0]), plus.get(1).map(|d| f(d)));
+            let minus = minus.map(f);
             let mut any = false;
             for (i, o) in out.iter_mut().enumerate().take(len) {
-                let sum: u64 = plus.iter().map(|d| f(d).get(i).copied().unwrap_or(0)).sum();
-                let less = minus.and_then(|m| f(m).get(i).copied()).unwrap_or(0)
-                    + u64::from(own_cell == Some(i));
+                let mut sum = cell(first, i) + second.map_or(0, |h| cell(h, i));
+                for d in plus.iter().skip(2) {
+                    sum += cell(f(d), i);
+                }
+                let less = minus.map_or(0, |h| cell(h, i)) + u64::from(own_cell == Some(i));
                 let v = sum.saturating_sub(less);
                 *o += v;
                 any |= v != 0;

@@ -884,25 +884,31 @@ impl Engine {
         // Now and then, forget finished or long-idle processes whose windows
         // are closed (bounded memory).
         if sweep {
+            // One pass over the slots (in memory order); the pid index is
+            // touched only for what goes.
             let h = &mut self.hosts[hid];
-            let (slots, free) = (&mut h.slots, &mut h.free_slots);
-            h.pids.retain(|_, ids| {
-                ids.retain(|&i| {
-                    let Some(p) = slots[i as usize].as_ref() else {
-                        return false;
-                    };
-                    let keep = !p.windows.is_empty()
-                        || !((p.ended
+            for i in 0..h.slots.len() {
+                let gone = h.slots[i].as_ref().is_some_and(|p| {
+                    p.windows.is_empty()
+                        && ((p.ended
                             && p.last_activity.saturating_add_us(ENDED_GRACE_US) < watermark)
-                            || p.last_activity.saturating_add_us(idle_us) < watermark);
-                    if !keep {
-                        slots[i as usize] = None;
-                        free.push(i);
-                    }
-                    keep
+                            || p.last_activity.saturating_add_us(idle_us) < watermark)
                 });
-                !ids.is_empty()
-            });
+                if !gone {
+                    continue;
+                }
+                let Some(p) = h.slots[i].take() else {
+                    continue;
+                };
+                let slot = u32::try_from(i).unwrap_or(u32::MAX);
+                h.free_slots.push(slot);
+                if let Some(ids) = h.pids.get_mut(&p.pid) {
+                    ids.retain(|&x| x != slot);
+                    if ids.is_empty() {
+                        h.pids.remove(&p.pid);
+                    }
+                }
+            }
         }
     }
 
