@@ -568,6 +568,28 @@ impl PeerView {
         }
     }
 
+    /// Back to `new(app)`, keeping the buffers.
+    pub fn reset(&mut self, app: &str) {
+        self.app.clear();
+        self.app.push_str(app);
+        self.running_host_days = 0;
+        self.active_host_days = 0;
+        self.peer_hosts = 0;
+        self.active_peer_hosts = 0;
+        self.new_today = 0;
+        self.days = 0;
+        for (h, n) in [
+            (&mut self.ratio_hist, RATIO_BUCKETS),
+            (&mut self.volume_hist, VOLUME_BUCKETS),
+            (&mut self.daily_out_hist, VOLUME_BUCKETS),
+            (&mut self.upload_windows_hist, PERSISTENCE_BUCKETS),
+        ] {
+            h.clear();
+            h.resize(n, 0);
+        }
+        self.services.clear();
+    }
+
     /// Adds one day of peer statistics: the sum of `plus`, less `minus` and
     /// less the judged host's own (app, day) `own`, every cell saturating at
     /// zero. The same view as `from_days` over that day merged and then

@@ -23,6 +23,7 @@ use crate::catalogue::{Catalogue, OTHER};
 use crate::config::EngineConfig;
 use crate::policy::Policy;
 use crate::score::{score_finding, score_only, FindingKind, ScoreInput};
+use crate::strtable::StrTable;
 use crate::telemetry::{DnsRecord, Event, NetRecord, ProcessEnd, ProcessStart};
 use crate::time::Timestamp;
 
@@ -148,6 +149,9 @@ struct ProcState {
     day_dests: Vec<DestAcc>,
     /// `dest_key` of each of `day_dests` (a short scan finds a destination).
     day_keys: Vec<u64>,
+    /// Once `day_dests` is full: the index of its smallest entry (the first
+    /// of equals), if known.
+    day_min: Option<u32>,
     /// Highest volume bucket of the day's total already judged (low and slow).
     cum_judged_bucket: u8,
     /// Windows of the day that uploaded (persistence).
@@ -263,7 +267,7 @@ pub struct Engine {
     catalogue: Catalogue,
     policy: Policy,
     /// Hosts by name → index into `hosts` (hosts are never removed).
-    host_ids: Map<Arc<str>, u32>,
+    host_ids: StrTable,
     hosts: Vec<HostState>,
     /// Interned app names → (id, name); ids index `app_names`.
     apps: Map<Box<str>, (u32, Arc<str>)>,
@@ -275,10 +279,13 @@ pub struct Engine {
     /// destination lists of windows.
     scratch_closed: Vec<ClosedWindow>,
     scratch_open: Vec<u32>,
+    scratch_view: Option<PeerView>,
     dest_pool: Vec<Vec<DestAcc>>,
     other: Arc<str>,
     /// Destination names as seen → (normalised name, service), bounded.
-    names: Map<Box<str>, (Arc<str>, Arc<str>)>,
+    names: StrTable,
+    /// (normalised name, service) of each id of `names`.
+    name_vals: Vec<(Arc<str>, Arc<str>)>,
     /// The summed contributions of this engine's hosts.
     local: FleetBaseline,
     /// The fleet baseline from the aggregator (distributed mode), and what of
@@ -301,16 +308,18 @@ impl Engine {
             cfg,
             catalogue,
             policy,
-            host_ids: Map::default(),
+            host_ids: StrTable::default(),
             hosts: Vec::new(),
             apps,
             unknown_app: Arc::from(UNKNOWN_APP),
             unknown_app_id: 0,
             scratch_closed: Vec::new(),
             scratch_open: Vec::new(),
+            scratch_view: None,
             dest_pool: Vec::new(),
             other: Arc::from(OTHER),
-            names: Map::default(),
+            names: StrTable::default(),
+            name_vals: Vec::new(),
             local: FleetBaseline::new(),
             fleet: None,
             shipped: FleetBaseline::new(),
@@ -329,6 +338,7 @@ impl Engine {
     pub fn set_policy(&mut self, policy: Policy) {
         self.catalogue = catalogue_with(&policy);
         self.names.clear();
+        self.name_vals.clear();
         self.policy = policy;
     }
 
@@ -394,22 +404,26 @@ impl Engine {
 
     /// A destination name as seen on the wire → (normalised, service), cached.
     fn classify_name(&mut self, raw: &str) -> (Arc<str>, Arc<str>) {
-        if let Some(v) = self.names.get(raw) {
-            return v.clone();
+        if let Some(id) = self.names.get(raw) {
+            return self.name_vals[id as usize].clone();
         }
         if self.names.len() >= 200_000 {
             self.names.clear();
+            self.name_vals.clear();
         }
         let norm: Arc<str> = Arc::from(raw.trim_end_matches('.').to_ascii_lowercase());
         let service: Arc<str> = match self.catalogue.classify(&norm) {
             Some(s) => Arc::from(s),
             None => self.other.clone(),
         };
-        self.names
-            .insert(Box::from(raw), (norm.clone(), service.clone()));
-        if norm.as_ref() != raw {
-            self.names
-                .insert(Box::from(norm.as_ref()), (norm.clone(), service.clone()));
+        for key in [raw, norm.as_ref()] {
+            let (id, new) = self.names.intern(key);
+            let v = (norm.clone(), service.clone());
+            if new {
+                self.name_vals.push(v);
+            } else {
+                self.name_vals[id as usize] = v;
+            }
         }
         (norm, service)
     }
@@ -427,14 +441,11 @@ impl Engine {
 
     /// The host's index, created on first sight.
     fn host_index(&mut self, name: &str) -> usize {
-        if let Some(&i) = self.host_ids.get(name) {
-            return i as usize;
+        let (i, new) = self.host_ids.intern(name);
+        if new {
+            self.hosts.push(HostState::new(Arc::from(name)));
         }
-        let name: Arc<str> = Arc::from(name);
-        let i = self.hosts.len();
-        self.hosts.push(HostState::new(name.clone()));
-        self.host_ids.insert(name, i as u32);
-        i
+        i as usize
     }
 
     pub fn ingest(&mut self, event: &Event) {
@@ -562,6 +573,7 @@ impl Engine {
             day_first: p.ts,
             day_dests: Vec::new(),
             day_keys: Vec::new(),
+            day_min: None,
             cum_judged_bucket: 0,
             day_upload_windows: 0,
             last_alert: None,
@@ -645,7 +657,7 @@ impl Engine {
             None => match h.dns.get(&n.dst_ip).cloned() {
                 Some(name) => {
                     let service = match self.names.get(name.as_ref()) {
-                        Some((_, s)) => s.clone(),
+                        Some(id) => self.name_vals[id as usize].1.clone(),
                         None => Arc::from(self.catalogue.classify(&name).unwrap_or(OTHER)),
                     };
                     (Some(name), service)
@@ -693,6 +705,7 @@ impl Engine {
                     day_first: n.ts,
                     day_dests: Vec::new(),
                     day_keys: Vec::new(),
+                    day_min: None,
                     cum_judged_bucket: 0,
                     day_upload_windows: 0,
                     last_alert: None,
@@ -719,6 +732,7 @@ impl Engine {
             p.day_first = n.ts;
             p.day_dests.clear();
             p.day_keys.clear();
+            p.day_min = None;
             p.cum_judged_bucket = 0;
             p.day_upload_windows = 0;
         }
@@ -733,7 +747,12 @@ impl Engine {
         if day == p.day {
             p.day_out = p.day_out.saturating_add(n.bytes_out);
             p.day_in = p.day_in.saturating_add(n.bytes_in);
-            add_day_dest(&mut p.day_keys, &mut p.day_dests, &dest, 32);
+            add_day_dest(
+                (&mut p.day_keys, &mut p.day_min),
+                &mut p.day_dests,
+                &dest,
+                32,
+            );
         }
         // The interval ends at ts: it belongs to the window containing ts-1µs.
         let wstart = Timestamp(n.ts.0.saturating_sub(1)).window_start(window_us);
@@ -994,7 +1013,12 @@ impl Engine {
                 }
                 (history, h.first_day < day)
             };
-            let view = self.peer_view(hid, app_id, &app, day);
+            // The view's buffers serve every judged window in turn.
+            let mut view = self
+                .scratch_view
+                .take()
+                .unwrap_or_else(|| PeerView::new(&app));
+            self.peer_view(&mut view, hid, app_id, &app, day);
             for (kind, start, out, inb, service, dests) in findings {
                 let approved = self.policy.is_approved(&app, &service);
                 let input = ScoreInput {
@@ -1094,6 +1118,7 @@ impl Engine {
                 self.stats.alerts += 1;
                 self.alerts.push(alert);
             }
+            self.scratch_view = Some(view);
         }
         // Write back the process's alert memory and day progress.
         {
@@ -1123,11 +1148,11 @@ impl Engine {
 
     /// The app's peers over the horizon ending `today`, the judged host
     /// (`hid`) left out: a host is never its own peer.
-    fn peer_view(&self, hid: usize, app_id: u32, app: &str, today: i64) -> PeerView {
+    fn peer_view(&self, view: &mut PeerView, hid: usize, app_id: u32, app: &str, today: i64) {
         let oldest = today - i64::from(self.cfg.horizon_days) + 1;
         let h = &self.hosts[hid];
         let own = |d: i64| h.app_days.get(&(app_id, d));
-        let mut view = PeerView::new(app);
+        view.reset(app);
         match &self.fleet {
             None => {
                 if let Some(days) = self.local.days_of(app) {
@@ -1157,7 +1182,6 @@ impl Engine {
                 }
             }
         }
-        view
     }
 }
 
@@ -1341,7 +1365,12 @@ fn dest_key(ip: &IpAddr, port: u16) -> u64 {
 /// `add_dest` for a process's day list, with `keys` kept beside it: the
 /// same entries in the same places, found by scanning words instead of
 /// whole entries.
-fn add_day_dest(keys: &mut Vec<u64>, v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
+fn add_day_dest(
+    (keys, min): (&mut Vec<u64>, &mut Option<u32>),
+    v: &mut Vec<DestAcc>,
+    d: &DestAcc,
+    cap: usize,
+) {
     let key = dest_key(&d.ip, d.port);
     let found = keys
         .iter()
@@ -1357,14 +1386,27 @@ fn add_day_dest(keys: &mut Vec<u64>, v: &mut Vec<DestAcc>, d: &DestAcc, cap: usi
             e.name = d.name.clone();
             e.service = d.service.clone();
         }
+        // Only the smallest growing can change which entry is smallest.
+        if d.out > 0 && *min == Some(i as u32) {
+            *min = None;
+        }
     } else if v.len() < cap {
         v.push(d.clone());
         keys.push(key);
-    } else if let Some((i, _)) = v.iter().enumerate().min_by_key(|(_, e)| e.out) {
+    } else {
+        let i = match *min {
+            Some(i) => i as usize,
+            None => match v.iter().enumerate().min_by_key(|(_, e)| e.out) {
+                Some((i, _)) => i,
+                None => return,
+            },
+        };
+        *min = Some(i as u32);
         // Keep the biggest destinations; the smallest absorbs the rest.
         if d.out > v[i].out {
             v[i] = d.clone();
             keys[i] = key;
+            *min = None;
         }
     }
 }

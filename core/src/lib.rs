@@ -15,6 +15,7 @@ mod fastjson;
 pub mod policy;
 pub mod score;
 pub mod shard;
+mod strtable;
 pub mod telemetry;
 pub mod time;
 
