@@ -23,11 +23,20 @@ pub(crate) fn scan<'l>(line: &'l str, raw: &mut RawLine<'l>) -> Option<()> {
     } else {
         loop {
             s.eat(b'"')?;
-            let key = s.key()?;
+            let slot = match Key::at(&b[s.i..]) {
+                Some((key, len)) => {
+                    s.i += len;
+                    Slot::of(raw, key)
+                }
+                None => {
+                    s.key()?;
+                    Slot::Other
+                }
+            };
             s.ws();
             s.eat(b':')?;
             s.ws();
-            match Slot::of(raw, key) {
+            match slot {
                 Slot::Str(slot) => {
                     if slot.is_some() {
                         return None;
@@ -60,6 +69,77 @@ pub(crate) fn scan<'l>(line: &'l str, raw: &mut RawLine<'l>) -> Option<()> {
     (s.i == b.len()).then_some(())
 }
 
+/// The contract's keys.
+#[derive(Clone, Copy)]
+enum Key {
+    Type,
+    Ts,
+    Host,
+    Name,
+    Exe,
+    Cmdline,
+    User,
+    ParentName,
+    DstIp,
+    Proto,
+    Sni,
+    Domain,
+    Query,
+    Os,
+    Pid,
+    Ppid,
+    DstPort,
+    BytesOut,
+    BytesIn,
+    /// `answers` and `labels`: arrays and objects.
+    Nested,
+}
+
+impl Key {
+    /// The contract key that `rest` (after a key's opening quote) starts
+    /// with, and its length with the closing quote; `None` for other keys.
+    /// No loop: the first byte picks the candidates, each compared whole.
+    #[inline(always)]
+    fn at(rest: &[u8]) -> Option<(Key, usize)> {
+        macro_rules! one_of {
+            ($($pat:literal => $key:expr),+) => {{
+                $(
+                    if rest.starts_with($pat) {
+                        return Some(($key, $pat.len()));
+                    }
+                )+
+                None
+            }};
+        }
+        match rest.first()? {
+            b't' => one_of!(b"type\"" => Key::Type, b"ts\"" => Key::Ts),
+            b'h' => one_of!(b"host\"" => Key::Host),
+            b'p' => one_of!(
+                b"pid\"" => Key::Pid,
+                b"proto\"" => Key::Proto,
+                b"ppid\"" => Key::Ppid,
+                b"parent_name\"" => Key::ParentName
+            ),
+            b'd' => one_of!(
+                b"dst_ip\"" => Key::DstIp,
+                b"dst_port\"" => Key::DstPort,
+                b"domain\"" => Key::Domain
+            ),
+            b'b' => one_of!(b"bytes_out\"" => Key::BytesOut, b"bytes_in\"" => Key::BytesIn),
+            b's' => one_of!(b"sni\"" => Key::Sni),
+            b'n' => one_of!(b"name\"" => Key::Name),
+            b'e' => one_of!(b"exe\"" => Key::Exe),
+            b'c' => one_of!(b"cmdline\"" => Key::Cmdline),
+            b'u' => one_of!(b"user\"" => Key::User),
+            b'q' => one_of!(b"query\"" => Key::Query),
+            b'o' => one_of!(b"os\"" => Key::Os),
+            b'a' => one_of!(b"answers\"" => Key::Nested),
+            b'l' => one_of!(b"labels\"" => Key::Nested),
+            _ => None,
+        }
+    }
+}
+
 /// Where a key's value goes.
 enum Slot<'r, 'l> {
     Str(&'r mut Option<Cow<'l, str>>),
@@ -73,29 +153,29 @@ enum Slot<'r, 'l> {
 }
 
 impl<'r, 'l> Slot<'r, 'l> {
-    fn of(raw: &'r mut RawLine<'l>, key: &[u8]) -> Self {
+    #[inline(always)]
+    fn of(raw: &'r mut RawLine<'l>, key: Key) -> Self {
         match key {
-            b"ts" => Slot::Str(&mut raw.ts),
-            b"os" => Slot::Str(&mut raw.os),
-            b"pid" => Slot::U32(&mut raw.pid),
-            b"sni" => Slot::Str(&mut raw.sni),
-            b"exe" => Slot::Str(&mut raw.exe),
-            b"type" => Slot::Str(&mut raw.kind),
-            b"host" => Slot::Str(&mut raw.host),
-            b"name" => Slot::Str(&mut raw.name),
-            b"user" => Slot::Str(&mut raw.user),
-            b"ppid" => Slot::U32(&mut raw.ppid),
-            b"proto" => Slot::Str(&mut raw.proto),
-            b"query" => Slot::Str(&mut raw.query),
-            b"dst_ip" => Slot::Str(&mut raw.dst_ip),
-            b"domain" => Slot::Str(&mut raw.domain),
-            b"cmdline" => Slot::Str(&mut raw.cmdline),
-            b"dst_port" => Slot::U16(&mut raw.dst_port),
-            b"bytes_in" => Slot::U64(&mut raw.bytes_in),
-            b"bytes_out" => Slot::U64(&mut raw.bytes_out),
-            b"parent_name" => Slot::Str(&mut raw.parent_name),
-            b"labels" | b"answers" => Slot::Nested,
-            _ => Slot::Other,
+            Key::Type => Slot::Str(&mut raw.kind),
+            Key::Ts => Slot::Str(&mut raw.ts),
+            Key::Host => Slot::Str(&mut raw.host),
+            Key::Name => Slot::Str(&mut raw.name),
+            Key::Exe => Slot::Str(&mut raw.exe),
+            Key::Cmdline => Slot::Str(&mut raw.cmdline),
+            Key::User => Slot::Str(&mut raw.user),
+            Key::ParentName => Slot::Str(&mut raw.parent_name),
+            Key::DstIp => Slot::Str(&mut raw.dst_ip),
+            Key::Proto => Slot::Str(&mut raw.proto),
+            Key::Sni => Slot::Str(&mut raw.sni),
+            Key::Domain => Slot::Str(&mut raw.domain),
+            Key::Query => Slot::Str(&mut raw.query),
+            Key::Os => Slot::Str(&mut raw.os),
+            Key::Pid => Slot::U32(&mut raw.pid),
+            Key::Ppid => Slot::U32(&mut raw.ppid),
+            Key::DstPort => Slot::U16(&mut raw.dst_port),
+            Key::BytesOut => Slot::U64(&mut raw.bytes_out),
+            Key::BytesIn => Slot::U64(&mut raw.bytes_in),
+            Key::Nested => Slot::Nested,
         }
     }
 }

@@ -408,29 +408,8 @@ fn from_raw(raw: &mut RawLine<'_>) -> Result<Event, ParseError> {
         });
     }
     let host = host.into_owned();
+    // Arms are compared in order: the most common kind first.
     Ok(match kind.as_ref() {
-        "host" => Event::Host(HostEvent {
-            ts,
-            host,
-            os: own(raw.os.take()),
-            labels: raw.labels.take().unwrap_or_default(),
-        }),
-        "process_start" => Event::ProcessStart(ProcessStart {
-            ts,
-            host,
-            pid: raw.pid.ok_or_else(|| missing("pid"))?,
-            name: raw.name.take().ok_or_else(|| missing("name"))?.into_owned(),
-            ppid: raw.ppid,
-            exe: own(raw.exe.take()),
-            cmdline: own(raw.cmdline.take()),
-            user: own(raw.user.take()),
-            parent_name: own(raw.parent_name.take()),
-        }),
-        "process_end" => Event::ProcessEnd(ProcessEnd {
-            ts,
-            host,
-            pid: raw.pid.ok_or_else(|| missing("pid"))?,
-        }),
         "net" => {
             let ip = raw.dst_ip.as_deref().ok_or_else(|| missing("dst_ip"))?;
             let dst_ip = parse_ip(ip).ok_or_else(|| ParseError::Invalid {
@@ -460,6 +439,28 @@ fn from_raw(raw: &mut RawLine<'_>) -> Result<Event, ParseError> {
                 domain: own(raw.domain.take()).filter(|s| !s.is_empty()),
             })
         }
+        "host" => Event::Host(HostEvent {
+            ts,
+            host,
+            os: own(raw.os.take()),
+            labels: raw.labels.take().unwrap_or_default(),
+        }),
+        "process_start" => Event::ProcessStart(ProcessStart {
+            ts,
+            host,
+            pid: raw.pid.ok_or_else(|| missing("pid"))?,
+            name: raw.name.take().ok_or_else(|| missing("name"))?.into_owned(),
+            ppid: raw.ppid,
+            exe: own(raw.exe.take()),
+            cmdline: own(raw.cmdline.take()),
+            user: own(raw.user.take()),
+            parent_name: own(raw.parent_name.take()),
+        }),
+        "process_end" => Event::ProcessEnd(ProcessEnd {
+            ts,
+            host,
+            pid: raw.pid.ok_or_else(|| missing("pid"))?,
+        }),
         "dns" => {
             let answers = raw.answers.take().ok_or_else(|| missing("answers"))?;
             let mut ips = Vec::with_capacity(answers.len());
