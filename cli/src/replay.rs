@@ -268,7 +268,7 @@ fn parse_batches(
     tx: &std::sync::mpsc::SyncSender<io::Result<ParsedBatch>>,
     back: &std::sync::mpsc::Receiver<ParsedLines>,
 ) {
-    let mut buf = Vec::with_capacity(512);
+    let mut reader = LineReader::new(input);
     let mut line_no = 0u64;
     loop {
         let lines = match back.try_recv() {
@@ -285,16 +285,15 @@ fn parse_batches(
         };
         let mut eof = false;
         while batch.lines.len() < BATCH_LINES {
-            buf.clear();
-            match input.read_until(b'\n', &mut buf) {
-                Ok(0) => {
+            match reader.next_line() {
+                Ok(None) => {
                     eof = true;
                     break;
                 }
-                Ok(n) => {
-                    batch.bytes += n as u64;
+                Ok(Some(raw)) => {
+                    batch.bytes += raw.len() as u64;
                     line_no += 1;
-                    let line = trim_newline(&buf);
+                    let line = trim_newline(raw);
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
@@ -311,6 +310,109 @@ fn parse_batches(
             return;
         }
     }
+}
+
+/// Bytes read from the input at a time. At least the input's own buffer
+/// (1 MiB, see `open_input`), so reads bypass that buffer instead of being
+/// copied through it.
+const READ_BLOCK: usize = 4 << 20;
+
+/// Splits a reader into lines the way `BufRead::read_until(b'\n')` does
+/// (newline included; a last line without one is a line), reading large
+/// blocks instead of one line at a time.
+pub(crate) struct LineReader<'r> {
+    input: &'r mut (dyn BufRead + Send),
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+impl<'r> LineReader<'r> {
+    pub(crate) fn new(input: &'r mut (dyn BufRead + Send)) -> Self {
+        LineReader {
+            input,
+            buf: vec![0; READ_BLOCK],
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    /// The next line with its newline, if it has one; `None` at the end.
+    pub(crate) fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
+        // Unread bytes known to hold no newline.
+        let mut searched = 0;
+        loop {
+            if let Some(p) = find_newline(&self.buf[self.start + searched..self.end]) {
+                let line = self.start..self.start + searched + p + 1;
+                self.start = line.end;
+                return Ok(Some(&self.buf[line]));
+            }
+            searched = self.end - self.start;
+            if self.eof || !self.fill()? {
+                if self.start == self.end {
+                    return Ok(None);
+                }
+                let line = self.start..self.end;
+                self.start = self.end;
+                return Ok(Some(&self.buf[line]));
+            }
+        }
+    }
+
+    /// Reads more after the unread bytes (moved to the front); false at
+    /// the end of the input.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < READ_BLOCK / 2 {
+            // A line longer than the free space: grow.
+            self.buf.resize(self.buf.len() + READ_BLOCK, 0);
+        }
+        loop {
+            match self.input.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The position of the first `\n` in `b`, a word at a time.
+pub(crate) fn find_newline(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let w =
+            u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ (ONES * 0x0a);
+        // The lowest zero byte of `w` sets the lowest high bit here (borrows
+        // can only add bits above it).
+        let zero = w.wrapping_sub(ONES) & !w & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == b'\n')
+        .map(|p| at + p)
 }
 
 fn finish(
@@ -486,4 +588,105 @@ pub fn read_all(mut r: impl Read) -> io::Result<String> {
     let mut s = String::new();
     r.read_to_string(&mut s)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most `step` bytes per read.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn lines_by_read_until(data: &[u8]) -> Vec<Vec<u8>> {
+        let mut r = data;
+        let mut out = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if r.read_until(b'\n', &mut line).unwrap() == 0 {
+                return out;
+            }
+            out.push(line);
+        }
+    }
+
+    fn lines_by_line_reader(data: &[u8], step: usize) -> Vec<Vec<u8>> {
+        let mut input = BufReader::with_capacity(
+            7,
+            Trickle {
+                data: data.to_vec(),
+                at: 0,
+                step,
+            },
+        );
+        let mut reader = LineReader::new(&mut input);
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().unwrap() {
+            out.push(line.to_vec());
+        }
+        out
+    }
+
+    /// Lines, newlines and a last line without one come out exactly as
+    /// `read_until` gives them, whatever the read sizes.
+    #[test]
+    fn line_reader_splits_like_read_until() {
+        let long = "x".repeat(READ_BLOCK * 2 + 3);
+        let inputs: Vec<String> = vec![
+            String::new(),
+            "\n".into(),
+            "\n\n\r\n".into(),
+            "a".into(),
+            "a\nb".into(),
+            "a\r\nb\r\n".into(),
+            "{\"k\":1}\n\n  \n{\"k\":2}\n".into(),
+            format!("a\n{long}\nb"),
+            long.clone(),
+            (0..5000).map(|i| format!("line {i}\n")).collect(),
+        ];
+        for input in &inputs {
+            let want = lines_by_read_until(input.as_bytes());
+            for step in [1, 3, 64, 1 << 20, usize::MAX] {
+                assert!(
+                    lines_by_line_reader(input.as_bytes(), step) == want,
+                    "input of {} bytes, reads of {step}",
+                    input.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn find_newline_finds_the_first() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut b = vec![b'a'; len];
+                if at < len {
+                    b[at] = b'\n';
+                    // A later newline and bytes around 0x0a must not confuse it.
+                    if at + 2 < len {
+                        b[at + 2] = b'\n';
+                    }
+                    if at > 0 {
+                        b[at - 1] = 0x0b;
+                    }
+                }
+                let want = b.iter().position(|&c| c == b'\n');
+                assert_eq!(find_newline(&b), want, "{b:?}");
+            }
+        }
+        assert_eq!(find_newline(&[0x8a, 0x0b, 0x09, 0xff, 0, 0x0a]), Some(5));
+    }
 }

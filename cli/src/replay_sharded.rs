@@ -24,7 +24,7 @@ use outflow_core::baseline::FleetBaseline;
 use outflow_core::telemetry::parse_line_bytes;
 use outflow_core::{Alert, Engine, EngineStats, Event};
 
-use crate::replay::{close_idle_hosts, trim_newline, ReplaySummary};
+use crate::replay::{close_idle_hosts, find_newline, trim_newline, LineReader, ReplaySummary};
 
 /// How the input is cut and how often shards swap baselines.
 #[derive(Clone, Copy, Debug)]
@@ -233,6 +233,7 @@ fn read_chunks(
     chunk_lines: usize,
     to: Vec<SyncSender<io::Result<RawChunk>>>,
 ) {
+    let mut reader = LineReader::new(input);
     let mut line_no = 0u64;
     for c in 0usize.. {
         let mut chunk = RawChunk {
@@ -241,9 +242,10 @@ fn read_chunks(
             lines: 0,
         };
         while (chunk.lines as usize) < chunk_lines {
-            match input.read_until(b'\n', &mut chunk.data) {
-                Ok(0) => break,
-                Ok(_) => {
+            match reader.next_line() {
+                Ok(None) => break,
+                Ok(Some(line)) => {
+                    chunk.data.extend_from_slice(line);
                     chunk.lines += 1;
                     line_no += 1;
                 }
@@ -355,8 +357,14 @@ fn run_engine(
 }
 
 fn parse_chunk(chunk: &RawChunk, n: usize, parts: &mut [Vec<Event>], tally: &mut ParseTally) {
-    for (no, line) in (chunk.first_line..).zip(chunk.data.split_inclusive(|b| *b == b'\n')) {
-        let line = trim_newline(line);
+    let mut rest = chunk.data.as_slice();
+    for no in chunk.first_line.. {
+        if rest.is_empty() {
+            break;
+        }
+        let end = find_newline(rest).map_or(rest.len(), |p| p + 1);
+        let line = trim_newline(&rest[..end]);
+        rest = &rest[end..];
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

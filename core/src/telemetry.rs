@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Deserialize;
 
@@ -326,12 +326,15 @@ fn own(c: Option<Cow<'_, str>>) -> Option<String> {
 
 /// Parses one line of telemetry JSONL.
 pub fn parse_line(line: &str) -> Result<Event, ParseError> {
+    // The scanner skips the same ASCII whitespace `trim` would; a line with
+    // other whitespace at its ends takes the general path.
+    let mut raw = RawLine::default();
+    if crate::fastjson::scan(line, &mut raw).is_some() {
+        return from_raw(&mut raw);
+    }
     let trimmed = line.trim();
     if trimmed.is_empty() {
         return Err(ParseError::Empty);
-    }
-    if let Some(raw) = crate::fastjson::scan(trimmed) {
-        return from_raw(raw);
     }
     parse_line_serde(trimmed)
 }
@@ -339,13 +342,52 @@ pub fn parse_line(line: &str) -> Result<Event, ParseError> {
 /// The general path: serde_json, then a diagnosis of what is wrong.
 fn parse_line_serde(trimmed: &str) -> Result<Event, ParseError> {
     match serde_json::from_str::<RawLine>(trimmed) {
-        Ok(raw) => from_raw(raw),
+        Ok(mut raw) => from_raw(&mut raw),
         Err(_) => Err(diagnose(trimmed)),
     }
 }
 
-fn from_raw(raw: RawLine<'_>) -> Result<Event, ParseError> {
-    let kind = raw.kind.ok_or(ParseError::Missing {
+/// An IP address: dotted-quad IPv4 without leading zeros by hand, anything
+/// else (IPv6, odd forms, errors) by the standard library, which accepts the
+/// same addresses the hand path does with the same values.
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    match parse_plain_ipv4(s.as_bytes()) {
+        Some(v4) => Some(IpAddr::V4(v4)),
+        None => s.parse().ok(),
+    }
+}
+
+/// `a.b.c.d`, each part 0..=255 in 1-3 digits with no leading zero.
+fn parse_plain_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if *b.get(i)? != b'.' {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut v = 0u32;
+        while let Some(c @ b'0'..=b'9') = b.get(i).copied() {
+            if i - start == 3 {
+                return None;
+            }
+            v = v * 10 + u32::from(c - b'0');
+            i += 1;
+        }
+        let len = i - start;
+        if len == 0 || (len > 1 && b[start] == b'0') {
+            return None;
+        }
+        *octet = u8::try_from(v).ok()?;
+    }
+    (i == b.len()).then(|| Ipv4Addr::from(octets))
+}
+
+fn from_raw(raw: &mut RawLine<'_>) -> Result<Event, ParseError> {
+    let kind = raw.kind.take().ok_or_else(|| ParseError::Missing {
         kind: "?".into(),
         field: "type",
     })?;
@@ -358,7 +400,7 @@ fn from_raw(raw: RawLine<'_>) -> Result<Event, ParseError> {
         field: "ts",
         problem: e.to_string(),
     })?;
-    let host = raw.host.ok_or_else(|| missing("host"))?;
+    let host = raw.host.take().ok_or_else(|| missing("host"))?;
     if host.is_empty() {
         return Err(ParseError::Invalid {
             field: "host",
@@ -366,34 +408,13 @@ fn from_raw(raw: RawLine<'_>) -> Result<Event, ParseError> {
         });
     }
     let host = host.into_owned();
+    // Arms are compared in order: the most common kind first.
     Ok(match kind.as_ref() {
-        "host" => Event::Host(HostEvent {
-            ts,
-            host,
-            os: own(raw.os),
-            labels: raw.labels.unwrap_or_default(),
-        }),
-        "process_start" => Event::ProcessStart(ProcessStart {
-            ts,
-            host,
-            pid: raw.pid.ok_or_else(|| missing("pid"))?,
-            name: raw.name.ok_or_else(|| missing("name"))?.into_owned(),
-            ppid: raw.ppid,
-            exe: own(raw.exe),
-            cmdline: own(raw.cmdline),
-            user: own(raw.user),
-            parent_name: own(raw.parent_name),
-        }),
-        "process_end" => Event::ProcessEnd(ProcessEnd {
-            ts,
-            host,
-            pid: raw.pid.ok_or_else(|| missing("pid"))?,
-        }),
         "net" => {
-            let ip = raw.dst_ip.ok_or_else(|| missing("dst_ip"))?;
-            let dst_ip: IpAddr = ip.parse().map_err(|_| ParseError::Invalid {
+            let ip = raw.dst_ip.as_deref().ok_or_else(|| missing("dst_ip"))?;
+            let dst_ip = parse_ip(ip).ok_or_else(|| ParseError::Invalid {
                 field: "dst_ip",
-                problem: format!("is not an IP address: {:?}", truncate(&ip)),
+                problem: format!("is not an IP address: {:?}", truncate(ip)),
             })?;
             let proto = match raw.proto.as_deref() {
                 None | Some("tcp") | Some("TCP") => Transport::Tcp,
@@ -414,23 +435,49 @@ fn from_raw(raw: RawLine<'_>) -> Result<Event, ParseError> {
                 dst_port: raw.dst_port.ok_or_else(|| missing("dst_port"))?,
                 bytes_out: raw.bytes_out.ok_or_else(|| missing("bytes_out"))?,
                 bytes_in: raw.bytes_in.ok_or_else(|| missing("bytes_in"))?,
-                sni: own(raw.sni).filter(|s| !s.is_empty()),
-                domain: own(raw.domain).filter(|s| !s.is_empty()),
+                sni: own(raw.sni.take()).filter(|s| !s.is_empty()),
+                domain: own(raw.domain.take()).filter(|s| !s.is_empty()),
             })
         }
+        "host" => Event::Host(HostEvent {
+            ts,
+            host,
+            os: own(raw.os.take()),
+            labels: raw.labels.take().unwrap_or_default(),
+        }),
+        "process_start" => Event::ProcessStart(ProcessStart {
+            ts,
+            host,
+            pid: raw.pid.ok_or_else(|| missing("pid"))?,
+            name: raw.name.take().ok_or_else(|| missing("name"))?.into_owned(),
+            ppid: raw.ppid,
+            exe: own(raw.exe.take()),
+            cmdline: own(raw.cmdline.take()),
+            user: own(raw.user.take()),
+            parent_name: own(raw.parent_name.take()),
+        }),
+        "process_end" => Event::ProcessEnd(ProcessEnd {
+            ts,
+            host,
+            pid: raw.pid.ok_or_else(|| missing("pid"))?,
+        }),
         "dns" => {
-            let answers = raw.answers.ok_or_else(|| missing("answers"))?;
+            let answers = raw.answers.take().ok_or_else(|| missing("answers"))?;
             let mut ips = Vec::with_capacity(answers.len());
             for a in &answers {
                 // DNS answers may carry CNAMEs next to addresses; keep the addresses.
-                if let Ok(ip) = a.parse::<IpAddr>() {
+                if let Some(ip) = parse_ip(a) {
                     ips.push(ip);
                 }
             }
             Event::Dns(DnsRecord {
                 ts,
                 host,
-                query: raw.query.ok_or_else(|| missing("query"))?.into_owned(),
+                query: raw
+                    .query
+                    .take()
+                    .ok_or_else(|| missing("query"))?
+                    .into_owned(),
                 answers: ips,
                 pid: raw.pid,
             })
@@ -662,6 +709,36 @@ mod tests {
             r#"{"#,
             r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-é","pid":42,"name":"WINWORD.EXE"}"#,
             "{\"type\":\"process_end\",\"ts\":\"2024-05-01T12:01:00Z\",\"host\":\"a\tb\",\"pid\":1}",
+            // Escapes the scanner decodes, and those it leaves to serde.
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"a.exe","exe":"C:\\Program Files\\a.exe","user":"NT AUTHORITY\\SYSTEM"}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"\"q\"\/\b\f\n\r\t\\","cmdline":"\\"}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"\u00e9\\"}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"a\qb"}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"a\"}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"é\\é"}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"x","n\\ame":"y"}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"x","other":"C:\\x"}"#,
+            r#"{"type":"process_start","ts":"2024-05-01T12:00:00Z","host":"ws-1","pid":42,"name":"x","other":"C:\u0041"}"#,
+            // Numbers at the edge of the scanner's 19 digits.
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":9999999999999999999,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":18446744073709551615,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4","dst_port":443,"bytes_out":10000000000000000000,"bytes_in":0,"x":123456789012345678901}"#,
+            // Addresses: the hand-parsed IPv4 shape and everything around it.
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"01.2.3.4","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"256.1.1.1","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"0.0.0.0","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"255.255.255.255","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"1.2.3.4.5","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":" 1.2.3.4","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+            r#"{"type":"net","ts":"2024-05-01T12:00:00Z","host":"h","pid":1,"dst_ip":"::ffff:1.2.3.4","dst_port":443,"bytes_out":1,"bytes_in":0}"#,
+            // Timestamps off the plain shape.
+            r#"{"type":"process_end","ts":"2024-05-01T14:01:00.25+02:00","host":"h","pid":1}"#,
+            r#"{"type":"process_end","ts":"2016-12-31T23:59:60.5Z","host":"h","pid":1}"#,
+            r#"{"type":"process_end","ts":"2024-05-01 12:01:00z","host":"h","pid":1}"#,
+            r#"{"type":"process_end","ts":"2023-02-29T12:01:00Z","host":"h","pid":1}"#,
+            // Whitespace `trim` removes but the scanner does not skip.
+            "\u{a0}{\"type\":\"process_end\",\"ts\":\"2024-05-01T12:01:00Z\",\"host\":\"h\",\"pid\":1}\u{b}",
         ];
         for l in cases {
             assert_eq!(parse_line(l), parse_line_serde(l.trim()), "{l}");
@@ -723,6 +800,21 @@ mod tests {
             "{}",
             r#"["1.2.3.4","c.example"]"#,
             r#"{"k":"v"}"#,
+            r#""C:\\Program Files\\x.exe""#,
+            r#""\"\/\b\f\n\r\t""#,
+            r#""\u0041""#,
+            r#""a\x""#,
+            r#""01.2.3.4""#,
+            r#""256.1.1.1""#,
+            r#""1.2.3.04""#,
+            r#""1.2.3""#,
+            r#""10.0.0.255""#,
+            r#""2024-05-01T12:00:00.123456Z""#,
+            r#""2024-05-01T14:00:00.5+02:00""#,
+            r#""2016-12-31T23:59:60Z""#,
+            r#""2023-02-29T12:00:00Z""#,
+            "9999999999999999999",
+            "18446744073709551615",
         ]);
         let ws = prop::sample::select(vec!["", " ", "	", "  "]);
         prop::collection::vec((key, value, ws), 0..12).prop_map(|pairs| {
@@ -738,6 +830,54 @@ mod tests {
         #[test]
         fn fast_scan_agrees_with_serde(line in arb_json_line()) {
             proptest::prop_assert_eq!(parse_line(&line), parse_line_serde(line.trim()), "{}", line);
+        }
+    }
+
+    /// The hand-parsed IPv4 shape gives what the standard library gives.
+    #[test]
+    fn plain_ipv4_agrees_with_std_on_edge_cases() {
+        for s in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "255.255.255.255",
+            "01.2.3.4",
+            "1.2.3.04",
+            "00.0.0.0",
+            "256.1.1.1",
+            "1.2.3.256",
+            "1000.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1.2.3.",
+            ".1.2.3",
+            "1..2.3",
+            "1.2.3.4 ",
+            "+1.2.3.4",
+            "1.2.3.-4",
+            "",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            if let Some(v4) = parse_plain_ipv4(s.as_bytes()) {
+                assert_eq!(Ok(IpAddr::V4(v4)), s.parse::<IpAddr>(), "{s}");
+            }
+            assert_eq!(parse_ip(s), s.parse().ok(), "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_ipv4_agrees_with_std(s in "[0-9]{0,4}(\\.[0-9]{0,4}){0,4}") {
+            if let Some(v4) = parse_plain_ipv4(s.as_bytes()) {
+                proptest::prop_assert_eq!(Ok(IpAddr::V4(v4)), s.parse::<IpAddr>(), "{}", s);
+            }
+            proptest::prop_assert_eq!(parse_ip(&s), s.parse().ok(), "{}", s);
+        }
+
+        #[test]
+        fn plain_ipv4_reads_every_address(a in proptest::num::u32::ANY) {
+            let ip = Ipv4Addr::from(a);
+            proptest::prop_assert_eq!(parse_plain_ipv4(ip.to_string().as_bytes()), Some(ip));
         }
     }
 

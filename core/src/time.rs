@@ -1,6 +1,7 @@
 //! Event time. The engine never reads a clock: every function takes the event
 //! time it should act at. Timestamps are microseconds since the Unix epoch (UTC).
 
+use std::cell::Cell;
 use std::fmt;
 
 /// Microseconds since 1970-01-01T00:00:00Z.
@@ -97,7 +98,85 @@ fn digits(b: &[u8], at: usize, n: usize) -> Option<i64> {
     Some(v)
 }
 
+/// Two ASCII digits at `at`.
+fn two_digits(b: &[u8], at: usize) -> Option<i64> {
+    let hi = b.get(at)?.wrapping_sub(b'0');
+    let lo = b.get(at + 1)?.wrapping_sub(b'0');
+    (hi <= 9 && lo <= 9).then(|| i64::from(hi) * 10 + i64::from(lo))
+}
+
+/// The shape agents write, `YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`, parsed in one
+/// pass; `None` for any other shape (the general parser decides those) and
+/// for out-of-range fields. Equal to `parse_rfc3339` wherever it is `Some`.
+fn parse_utc_plain(b: &[u8]) -> Option<Timestamp> {
+    let n = b.len();
+    if !(n == 20 || (22..=27).contains(&n))
+        || b[n - 1] != b'Z'
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let mut micros = 0i64;
+    if n > 20 {
+        if b[19] != b'.' {
+            return None;
+        }
+        for &c in &b[20..n - 1] {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                return None;
+            }
+            micros = micros * 10 + i64::from(d);
+        }
+        micros *= [100_000, 10_000, 1_000, 100, 10, 1][n - 22];
+    }
+    let hour = two_digits(b, 11)?;
+    let minute = two_digits(b, 14)?;
+    let second = two_digits(b, 17)?;
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = plain_date_days(b)?;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second.min(59);
+    Some(Timestamp(secs * MICROS_PER_SEC + micros))
+}
+
+thread_local! {
+    /// The last valid `YYYY-MM-DD` this thread parsed (its ten bytes) and
+    /// its day number: a stream's timestamps mostly share their date.
+    static LAST_DATE: Cell<(u64, u16, i64)> = const { Cell::new((0, 0, 0)) };
+}
+
+/// Days since the epoch of the `YYYY-MM-DD` that `b` starts with (its
+/// dashes already checked), if it is a valid date.
+fn plain_date_days(b: &[u8]) -> Option<i64> {
+    let head = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let tail = u16::from_le_bytes([b[8], b[9]]);
+    let (last_head, last_tail, last_days) = LAST_DATE.get();
+    if head == last_head && tail == last_tail {
+        return Some(last_days);
+    }
+    let year = two_digits(b, 0)? * 100 + two_digits(b, 2)?;
+    let month = two_digits(b, 5)?;
+    let day = two_digits(b, 8)?;
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    LAST_DATE.set((head, tail, days));
+    Some(days)
+}
+
 fn parse_rfc3339(b: &[u8]) -> Option<Timestamp> {
+    parse_utc_plain(b).or_else(|| parse_rfc3339_general(b))
+}
+
+/// Every form `parse_rfc3339` accepts.
+fn parse_rfc3339_general(b: &[u8]) -> Option<Timestamp> {
     if b.len() < 20 {
         return None;
     }
@@ -235,6 +314,81 @@ mod tests {
             "2024-05-01T25:00:00Z",
         ] {
             assert!(Timestamp::parse_rfc3339(s).is_err(), "{s}");
+        }
+    }
+
+    /// The one-pass parser of the common shape agrees with the general one
+    /// wherever it answers, and leaves every other form to it.
+    #[test]
+    fn plain_shape_agrees_with_general_parser() {
+        let cases = [
+            "2024-05-01T12:00:00Z",
+            "2024-05-01T12:00:00.5Z",
+            "2024-05-01T12:00:00.25Z",
+            "2024-05-01T12:00:00.123Z",
+            "2024-05-01T12:00:00.1234Z",
+            "2024-05-01T12:00:00.12345Z",
+            "2024-05-01T12:00:00.123456Z",
+            "2024-05-01T12:00:00.1234567Z",
+            "2024-05-01T12:00:00.Z",
+            "2024-05-01T12:00:00.12a4Z",
+            "2024-05-01t12:00:00Z",
+            "2024-05-01T12:00:00z",
+            "2024-05-01 12:00:00Z",
+            "2024-05-01T12:00:00+00:00",
+            "2024-05-01T12:00:00.5-04:30",
+            "2016-12-31T23:59:60Z",
+            "2016-12-31T23:59:61Z",
+            "2024-02-29T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2000-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-00-10T00:00:00Z",
+            "2024-05-00T00:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T23:60:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999Z",
+            "+024-05-01T12:00:00Z",
+            "2024-05-01T12:00:0 Z",
+            "2024-05-01T1:00:00.5Z",
+            "2024-05-01T12:00:00ZZ",
+            "2024-05-01T12:00:00.5ZZ",
+        ];
+        for s in cases {
+            let b = s.as_bytes();
+            if let Some(t) = parse_utc_plain(b) {
+                assert_eq!(Some(t), parse_rfc3339_general(b), "{s}");
+            }
+            assert_eq!(parse_rfc3339(b), parse_rfc3339_general(b), "{s}");
+        }
+        // The date cache: another date after a cached one, and back.
+        for s in [
+            "2024-05-01T12:00:00Z",
+            "2024-05-02T12:00:00Z",
+            "2024-05-01T00:00:01Z",
+            "2023-02-29T00:00:00Z",
+            "2024-05-01T00:00:01Z",
+        ] {
+            assert_eq!(
+                parse_rfc3339(s.as_bytes()),
+                parse_rfc3339_general(s.as_bytes()),
+                "{s}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_shape_agrees_on_random_stamps(
+            s in "[0-9]{4}-[0-9]{2}-[0-3][0-9][Tt ][0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{0,8})?([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+        ) {
+            let b = s.as_bytes();
+            if let Some(t) = parse_utc_plain(b) {
+                proptest::prop_assert_eq!(Some(t), parse_rfc3339_general(b), "{}", s);
+            }
+            proptest::prop_assert_eq!(parse_rfc3339(b), parse_rfc3339_general(b), "{}", s);
         }
     }
 
