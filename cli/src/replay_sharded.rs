@@ -130,6 +130,9 @@ pub fn run_sharded(
             }
         }
     }
+    // Parsers → reader: chunk buffers to fill again (a fresh ~1 MiB buffer
+    // per chunk costs page faults and zeroing in the kernel).
+    let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(2 * n * IN_FLIGHT);
     // Engine → parser p: spent event vectors.
     let (spent_tx, spent_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| sync_channel::<Vec<Event>>(2 * n * IN_FLIGHT))
@@ -140,13 +143,17 @@ pub fn run_sharded(
 
     let mut s = ReplaySummary::default();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        scope.spawn(move || read_chunks(input, opts.chunk_lines, chunk_tx));
+        scope.spawn(move || read_chunks(input, opts.chunk_lines, chunk_tx, recycle_rx));
         let parsers: Vec<_> = chunk_rx
             .into_iter()
             .zip(to_engine)
             .zip(spent_rx)
-            .map(|((chunks, to), spent)| scope.spawn(move || parse_chunks(chunks, to, spent)))
+            .map(|((chunks, to), spent)| {
+                let recycle = recycle_tx.clone();
+                scope.spawn(move || parse_chunks(chunks, to, spent, recycle))
+            })
             .collect();
+        drop(recycle_tx);
         let ex = opts.exchange_chunks;
         let engines: Vec<_> = engines
             .into_iter()
@@ -232,12 +239,20 @@ fn read_chunks(
     input: &mut (dyn BufRead + Send),
     chunk_lines: usize,
     to: Vec<SyncSender<io::Result<RawChunk>>>,
+    recycled: Receiver<Vec<u8>>,
 ) {
     let mut reader = LineReader::new(input);
     let mut line_no = 0u64;
     for c in 0usize.. {
+        let data = match recycled.try_recv() {
+            Ok(mut d) => {
+                d.clear();
+                d
+            }
+            Err(_) => Vec::with_capacity(chunk_lines.min(1 << 16) * 200),
+        };
         let mut chunk = RawChunk {
-            data: Vec::with_capacity(chunk_lines.min(1 << 16) * 200),
+            data,
             first_line: line_no + 1,
             lines: 0,
         };
@@ -268,6 +283,7 @@ fn parse_chunks(
     chunks: Receiver<io::Result<RawChunk>>,
     to: Vec<SyncSender<Part>>,
     spent: Receiver<Vec<Event>>,
+    recycle: SyncSender<Vec<u8>>,
 ) -> anyhow::Result<ParseTally> {
     let mut tally = ParseTally::default();
     let n = to.len();
@@ -284,8 +300,11 @@ fn parse_chunks(
         }
         let mut parts: Vec<Vec<Event>> = (0..n).map(|_| pool.pop().unwrap_or_default()).collect();
         parse_chunk(&chunk, n, &mut parts, &mut tally);
+        let chunk_bytes = chunk.data.len() as u64;
+        // Back to the reader; dropped here if it has enough.
+        let _ = recycle.try_send(chunk.data);
         for (w, (events, tx)) in parts.into_iter().zip(&to).enumerate() {
-            let bytes = if w == 0 { chunk.data.len() as u64 } else { 0 };
+            let bytes = if w == 0 { chunk_bytes } else { 0 };
             if tx.send(Part { events, bytes }).is_err() {
                 return Ok(tally);
             }
