@@ -6,7 +6,7 @@
 //! caller advances the watermark); it is then judged against the app's peers
 //! and folded into the host's daily statistics, which feed the baseline.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// Hash maps keyed by host names, pids, IPs: a fast hasher with a random seed.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -960,7 +960,8 @@ impl Engine {
                 c.out,
                 c.inb,
                 top_service(&c.dests),
-                c.dests.clone(),
+                // The window's own destinations (`c.dests`).
+                None,
             ));
         }
         // The live process knows best (several of its windows may close in
@@ -987,7 +988,7 @@ impl Engine {
                 c.day_out,
                 c.day_in,
                 top_service(&day_dests),
-                day_dests,
+                Some(day_dests),
             ));
         }
         // The process's details, for alerts (always there: windows are
@@ -1019,7 +1020,8 @@ impl Engine {
                 .take()
                 .unwrap_or_else(|| PeerView::new(&app));
             self.peer_view(&mut view, hid, app_id, &app, day);
-            for (kind, start, out, inb, service, dests) in findings {
+            for (kind, start, out, inb, service, day_dests) in findings {
+                let dests: &[DestAcc] = day_dests.as_deref().unwrap_or(&c.dests);
                 let approved = self.policy.is_approved(&app, &service);
                 let input = ScoreInput {
                     cfg: &self.cfg,
@@ -1413,9 +1415,13 @@ fn add_day_dest(
 
 /// The service that received the most bytes (ties: alphabetical).
 fn top_service(dests: &[DestAcc]) -> String {
-    let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+    // A handful of services: a short list beats a map.
+    let mut by: Vec<(&str, u64)> = Vec::with_capacity(dests.len().min(8));
     for d in dests {
-        *by.entry(d.service.as_ref()).or_default() += d.out;
+        match by.iter_mut().find(|(s, _)| *s == d.service.as_ref()) {
+            Some(e) => e.1 += d.out,
+            None => by.push((d.service.as_ref(), d.out)),
+        }
     }
     by.into_iter()
         .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
