@@ -154,6 +154,9 @@ struct ProcState {
     day_min: Option<u32>,
     /// Highest volume bucket of the day's total already judged (low and slow).
     cum_judged_bucket: u8,
+    /// Where the host's (app, day) statistics were last found (a hint,
+    /// checked before use).
+    day_slot: u32,
     /// Windows of the day that uploaded (persistence).
     day_upload_windows: u64,
     last_alert: Option<(crate::alert::Severity, Timestamp)>,
@@ -178,7 +181,7 @@ struct HostState {
     dns_order: VecDeque<IpAddr>,
     /// What the host did per (app, day) within the horizon.
     /// Keyed by interned app id (see `Engine::intern_app`).
-    app_days: Map<(u32, i64), HostAppDay>,
+    app_days: AppDays,
     apps_seen: std::collections::HashSet<u32, foldhash::fast::RandomState>,
     /// Earliest instant at which some open window may close.
     next_close: Timestamp,
@@ -197,7 +200,7 @@ impl HostState {
             first_day: i64::MAX,
             dns: Map::default(),
             dns_order: VecDeque::new(),
-            app_days: Map::default(),
+            app_days: AppDays::default(),
             apps_seen: Default::default(),
             next_close: Timestamp(i64::MAX),
         }
@@ -241,6 +244,73 @@ impl HostState {
             .iter()
             .find(|&&i| self.slot(i).is_some_and(|p| p.start == start))?;
         self.slot_mut(i)
+    }
+}
+
+/// No slot (a hint that never matches).
+const NO_SLOT: u32 = u32::MAX;
+
+/// What a host did per (app, day), in slots that keep their index while the
+/// day is within the horizon: a process remembers its day's slot and skips
+/// the hash lookup on each record and each closing window.
+#[derive(Default)]
+struct AppDays {
+    index: Map<(u32, i64), u32>,
+    slots: Vec<Option<((u32, i64), HostAppDay)>>,
+    free: Vec<u32>,
+}
+
+impl AppDays {
+    fn get(&self, key: &(u32, i64)) -> Option<&HostAppDay> {
+        let i = *self.index.get(key)?;
+        self.slots[i as usize].as_ref().map(|(_, d)| d)
+    }
+
+    /// The statistics for `key`, created empty if absent. `hint` is tried
+    /// first and left pointing at the slot.
+    fn entry(&mut self, key: (u32, i64), hint: &mut u32) -> &mut HostAppDay {
+        let hit = self
+            .slots
+            .get(*hint as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|(k, _)| *k == key);
+        if !hit {
+            *hint = match self.index.get(&key) {
+                Some(&i) => i,
+                None => {
+                    let v = Some((key, HostAppDay::default()));
+                    let i = match self.free.pop() {
+                        Some(i) => {
+                            self.slots[i as usize] = v;
+                            i
+                        }
+                        None => {
+                            self.slots.push(v);
+                            u32::try_from(self.slots.len() - 1).unwrap_or(NO_SLOT)
+                        }
+                    };
+                    self.index.insert(key, i);
+                    i
+                }
+            };
+        }
+        match &mut self.slots[*hint as usize] {
+            Some((_, d)) => d,
+            None => unreachable!("an indexed slot holds its statistics"),
+        }
+    }
+
+    /// Forgets the days before `oldest`.
+    fn retain_from(&mut self, oldest: i64) {
+        let (slots, free) = (&mut self.slots, &mut self.free);
+        self.index.retain(|(_, d), i| {
+            let keep = *d >= oldest;
+            if !keep {
+                slots[*i as usize] = None;
+                free.push(*i);
+            }
+            keep
+        });
     }
 }
 
@@ -575,6 +645,7 @@ impl Engine {
             day_keys: Vec::new(),
             day_min: None,
             cum_judged_bucket: 0,
+            day_slot: NO_SLOT,
             day_upload_windows: 0,
             last_alert: None,
         };
@@ -589,7 +660,8 @@ impl Engine {
             }
         }
         h.pids.insert(p.pid, ids);
-        let entry = h.app_days.entry((app_id, day)).or_default();
+        let mut no_hint = NO_SLOT;
+        let entry = h.app_days.entry((app_id, day), &mut no_hint);
         if !entry.running || (new_app && !entry.new) {
             let before = entry.contribution(&app, day);
             entry.running = true;
@@ -707,6 +779,7 @@ impl Engine {
                     day_keys: Vec::new(),
                     day_min: None,
                     cum_judged_bucket: 0,
+                    day_slot: NO_SLOT,
                     day_upload_windows: 0,
                     last_alert: None,
                 });
@@ -798,7 +871,7 @@ impl Engine {
             && p.last_service
                 .as_ref()
                 .is_some_and(|(d, s)| *d == day && Arc::ptr_eq(s, &service));
-        let entry = h.app_days.entry((app_id, day)).or_default();
+        let entry = h.app_days.entry((app_id, day), &mut p.day_slot);
         let needs_update = !entry.active
             || (!service_known && !entry.services.contains_key(service.as_ref()))
             || volume_bucket(entry.out_total) != volume_bucket(entry.out_total + n.bytes_out);
@@ -861,7 +934,7 @@ impl Engine {
                             fold_window(
                                 &self.cfg,
                                 &mut self.local,
-                                &mut h.app_days,
+                                (&mut h.app_days, &mut p.day_slot),
                                 (&p.app, p.app_id, day),
                                 (w.out, w.inb),
                                 &w.dests,
@@ -940,7 +1013,7 @@ impl Engine {
             f.prune(today, self.cfg.horizon_days);
         }
         for h in &mut self.hosts {
-            h.app_days.retain(|(_, d), _| *d >= oldest);
+            h.app_days.retain_from(oldest);
         }
     }
 
@@ -1132,10 +1205,11 @@ impl Engine {
                 }
             }
             // Fold the window into the host's day.
+            let mut no_hint = NO_SLOT;
             fold_window(
                 &self.cfg,
                 &mut self.local,
-                &mut h.app_days,
+                (&mut h.app_days, &mut no_hint),
                 (&app, app_id, day),
                 (c.out, c.inb),
                 &c.dests,
@@ -1243,7 +1317,7 @@ fn detach(p: &mut ProcState, w: OpenWindow, window_us: i64) -> ClosedWindow {
 fn fold_window(
     cfg: &EngineConfig,
     local: &mut FleetBaseline,
-    app_days: &mut Map<(u32, i64), HostAppDay>,
+    (app_days, slot): (&mut AppDays, &mut u32),
     (app, app_id, day): (&str, u32, i64),
     (out, inb): (u64, u64),
     dests: &[DestAcc],
@@ -1255,7 +1329,7 @@ fn fold_window(
     let judged_ratio = out >= cfg.min_window_out_bytes / 16;
     let rb = ratio_bucket(out, inb, cfg.ratio_smoothing_bytes);
     let upload_bytes = cfg.upload_bytes;
-    let entry = app_days.entry((app_id, day)).or_default();
+    let entry = app_days.entry((app_id, day), slot);
     let uploaded = out >= UPLOAD_WINDOW_BYTES;
     let persistence_moves = uploaded
         && (entry.upload_windows == 0
