@@ -640,6 +640,28 @@ impl PeerView {
             let cell = |h: &[u64], i: usize| h.get(i).copied().unwrap_or(0);
             let (first, second) = (f(plus[0]), plus.get(1).map(|d| f(d)));
             let minus = minus.map(f);
+            if let ([_, _], Some(m)) = (plus, minus) {
+                let b = second.unwrap_or(first);
+                if [first.len(), b.len(), m.len()] == [len; 3] && out.len() == len {
+                    // Two sources less one, all of one length (the fleet
+                    // view): one straight pass, then the host's own cell.
+                    let mut nonzero = 0usize;
+                    for (((o, x), y), z) in out.iter_mut().zip(first).zip(b).zip(m) {
+                        let v = (x + y).saturating_sub(*z);
+                        *o += v;
+                        nonzero += usize::from(v != 0);
+                    }
+                    if let Some(c) = own_cell {
+                        let was = (first[c] + b[c]).saturating_sub(m[c]);
+                        let now = (first[c] + b[c]).saturating_sub(m[c] + 1);
+                        out[c] -= was - now;
+                        if was != 0 && now == 0 {
+                            nonzero -= 1;
+                        }
+                    }
+                    return nonzero > 0;
+                }
+            }
             let mut any = false;
             for (i, o) in out.iter_mut().enumerate().take(len) {
                 let mut sum = cell(first, i) + second.map_or(0, |h| cell(h, i));
