@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use outflow_proto::pb;
 use prost::Message;
@@ -98,16 +99,38 @@ fn is_disk_full(e: &sled::Error) -> bool {
 }
 
 fn open_db(dir: &Path) -> Result<sled::Db, SpoolError> {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(8 * 1024 * 1024)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|source| SpoolError::Open {
-            path: dir.display().to_string(),
-            source,
-        })
+    // A database just closed (reopening after a write failure) may still be
+    // held for a moment by sled's own threads, which keep its directory
+    // lock until they finish: wait for them rather than fail.
+    let mut waited = Duration::ZERO;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(8 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            // sled reports it as `Other` with this text (sled 0.34).
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock") && waited < LOCK_WAIT =>
+            {
+                std::thread::sleep(LOCK_RETRY);
+                waited += LOCK_RETRY;
+            }
+            other => {
+                return other.map_err(|source| SpoolError::Open {
+                    path: dir.display().to_string(),
+                    source,
+                })
+            }
+        }
+    }
 }
+
+/// How long opening waits for a directory lock still held by the spool's
+/// previous, just-closed database, and how often it tries.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, resuming whatever it holds.
