@@ -294,7 +294,7 @@ fn parse_chunks(
         // that allocated them (cheaper), and their vectors reused.
         while let Ok(mut v) = spent.try_recv() {
             v.clear();
-            if pool.len() < 4 * n {
+            if pool.len() < n * (IN_FLIGHT + 2) {
                 pool.push(v);
             }
         }
