@@ -798,20 +798,7 @@ impl PeerView {
         today: i64,
         days: impl IntoIterator<Item = &'a AppDayStats>,
     ) -> Self {
-        let mut v = PeerView {
-            app: app.to_string(),
-            running_host_days: 0,
-            active_host_days: 0,
-            peer_hosts: 0,
-            active_peer_hosts: 0,
-            new_today: 0,
-            days: 0,
-            ratio_hist: vec![0; RATIO_BUCKETS],
-            volume_hist: vec![0; VOLUME_BUCKETS],
-            daily_out_hist: vec![0; VOLUME_BUCKETS],
-            services: BTreeMap::new(),
-            upload_windows_hist: vec![0; PERSISTENCE_BUCKETS],
-        };
+        let mut v = PeerView::new(app);
         for d in days {
             v.running_host_days += d.hosts_running;
             v.active_host_days += d.hosts_active;

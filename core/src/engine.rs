@@ -162,6 +162,38 @@ struct ProcState {
     last_alert: Option<(crate::alert::Severity, Timestamp)>,
 }
 
+impl ProcState {
+    /// A process instance first seen at `meta.start`; `unknown` when no
+    /// start was seen for the pid.
+    fn new(meta: Arc<ProcMeta>, unknown: bool) -> Self {
+        let at = meta.start;
+        ProcState {
+            pid: meta.pid,
+            start: at,
+            app: meta.app.clone(),
+            app_id: meta.app_id,
+            unknown,
+            last_service: None,
+            meta,
+            ended: false,
+            last_activity: at,
+            windows: Vec::new(),
+            closed_through: Timestamp::MIN,
+            day: at.day(),
+            day_out: 0,
+            day_in: 0,
+            day_first: at,
+            day_dests: Vec::new(),
+            day_keys: Vec::new(),
+            day_min: None,
+            cum_judged_bucket: 0,
+            day_slot: NO_SLOT,
+            day_upload_windows: 0,
+            last_alert: None,
+        }
+    }
+}
+
 struct HostState {
     name: Arc<str>,
     max_ts: Timestamp,
@@ -625,30 +657,7 @@ impl Engine {
                 return;
             }
         }
-        let state = ProcState {
-            pid: p.pid,
-            start: meta.start,
-            app: meta.app.clone(),
-            app_id: meta.app_id,
-            unknown: false,
-            last_service: None,
-            meta,
-            ended: false,
-            last_activity: p.ts,
-            windows: Vec::new(),
-            closed_through: Timestamp::MIN,
-            day,
-            day_out: 0,
-            day_in: 0,
-            day_first: p.ts,
-            day_dests: Vec::new(),
-            day_keys: Vec::new(),
-            day_min: None,
-            cum_judged_bucket: 0,
-            day_slot: NO_SLOT,
-            day_upload_windows: 0,
-            last_alert: None,
-        };
+        let state = ProcState::new(meta, false);
         let slot = h.put(state);
         let mut ids = h.pids.remove(&p.pid).unwrap_or_default();
         let pos = ids.partition_point(|&i| h.slot(i).is_some_and(|s| s.start <= p.ts));
@@ -759,30 +768,7 @@ impl Engine {
                     user: None,
                     parent_app: None,
                 });
-                let slot = h.put(ProcState {
-                    pid: n.pid,
-                    start: meta.start,
-                    app: meta.app.clone(),
-                    app_id: meta.app_id,
-                    unknown: true,
-                    last_service: None,
-                    meta,
-                    ended: false,
-                    last_activity: n.ts,
-                    windows: Vec::new(),
-                    closed_through: Timestamp::MIN,
-                    day: n.ts.day(),
-                    day_out: 0,
-                    day_in: 0,
-                    day_first: n.ts,
-                    day_dests: Vec::new(),
-                    day_keys: Vec::new(),
-                    day_min: None,
-                    cum_judged_bucket: 0,
-                    day_slot: NO_SLOT,
-                    day_upload_windows: 0,
-                    last_alert: None,
-                });
+                let slot = h.put(ProcState::new(meta, true));
                 h.pids.entry(n.pid).or_default().insert(0, slot);
                 slot
             }
