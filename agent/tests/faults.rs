@@ -15,30 +15,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{certs, free_port, Store, TestCollector, TestServer};
+use common::{certs, events, free_port, Store, TestCollector, TestServer};
 use outflow_agent::ship::{backoff_cap, jittered, ShipError, Shipper, ShipperConfig};
 use outflow_agent::spool::SpoolError;
-use outflow_core::telemetry::{Event, NetRecord, Transport};
-use outflow_core::Timestamp;
-
-fn events(host: &str, n: usize, tag: u64) -> Vec<Event> {
-    (0..n)
-        .map(|i| {
-            Event::Net(NetRecord {
-                ts: Timestamp(1_700_000_000_000_000 + tag as i64),
-                host: host.into(),
-                pid: 100 + i as u32,
-                proto: Transport::Tcp,
-                dst_ip: "1.2.3.4".parse().unwrap(),
-                dst_port: 443,
-                bytes_out: tag,
-                bytes_in: 1,
-                sni: None,
-                domain: None,
-            })
-        })
-        .collect()
-}
 
 /// A small deterministic generator (xorshift64*), for the jitter draws.
 struct Draws(u64);

@@ -6,11 +6,33 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outflow_core::telemetry::{Event, NetRecord, Transport};
+use outflow_core::Timestamp;
 use outflow_pki::{CertDir, DevOptions, Role};
 use outflow_proto::pb;
 use outflow_proto::pb::ingest_server::{Ingest, IngestServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// `n` net records of `host` (pids 100..), `tag` in their time and bytes out.
+pub fn events(host: &str, n: usize, tag: u64) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            Event::Net(NetRecord {
+                ts: Timestamp(1_700_000_000_000_000 + tag as i64),
+                host: host.into(),
+                pid: 100 + i as u32,
+                proto: Transport::Tcp,
+                dst_ip: "1.2.3.4".parse().unwrap(),
+                dst_port: 443,
+                bytes_out: tag,
+                bytes_in: 1,
+                sni: None,
+                domain: None,
+            })
+        })
+        .collect()
+}
 
 /// What the collector made "durable"; survives a collector kill.
 #[derive(Default, Debug)]
