@@ -7,24 +7,30 @@ fn outflow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_outflow"))
 }
 
+/// Runs `cmd` to the end; it must succeed (its stderr is shown if not).
+fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
 /// 120 simulated hosts over 3 days with 6 incidents (seed 4).
 fn sim_fleet(fleet: &std::path::Path, truth: &std::path::Path) {
-    let out = outflow()
-        .args(["sim", "--hosts", "120", "--days", "3", "--seed", "4"])
-        .args(["--incidents", "6", "--out"])
-        .arg(fleet)
-        .arg("--truth")
-        .arg(truth)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        outflow()
+            .args(["sim", "--hosts", "120", "--days", "3", "--seed", "4"])
+            .args(["--incidents", "6", "--out"])
+            .arg(fleet)
+            .arg("--truth")
+            .arg(truth),
     );
 }
 
@@ -46,16 +52,11 @@ fn bad_lines_are_reported_with_line_numbers_and_the_rest_is_kept() {
     f.write_all(b"{\"type\":\"net\",\"ts\":\"2026-01-05T10:00:32Z\",\"host\":\"ws-1\",\"pid\":7,\"dst_ip\":\"1.2.3.4\",\"dst_port\":443,\"bytes_out\":99999999999999999999999,\"bytes_in\":0}\n").unwrap();
     f.write_all(GOOD.as_bytes()).unwrap();
     drop(f);
-    let out = outflow()
-        .args(["replay", "--input"])
-        .arg(&input)
-        .args(["--json-summary"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        outflow()
+            .args(["replay", "--input"])
+            .arg(&input)
+            .args(["--json-summary"]),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let summary: serde_json::Value =
@@ -189,17 +190,12 @@ fn bad_configuration_is_refused_with_every_problem() {
 
     // A flag wins over the file.
     std::fs::write(&cfg, "[engine]\nwindow_secs = 7\n").unwrap();
-    let out = outflow()
-        .args(["replay", "--window-secs", "60", "--input"])
-        .arg(&input)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        outflow()
+            .args(["replay", "--window-secs", "60", "--input"])
+            .arg(&input)
+            .arg("--config")
+            .arg(&cfg),
     );
 }
 
@@ -217,17 +213,12 @@ fn sim_replay_eval_round_trip_is_deterministic() {
     let alerts_a = d.path().join("a.jsonl");
     let alerts_b = d.path().join("b.jsonl");
     for a in [&alerts_a, &alerts_b] {
-        let out = outflow()
-            .args(["replay", "--input"])
-            .arg(&fleet)
-            .arg("--alerts-out")
-            .arg(a)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            outflow()
+                .args(["replay", "--input"])
+                .arg(&fleet)
+                .arg("--alerts-out")
+                .arg(a),
         );
     }
     let a = std::fs::read_to_string(&alerts_a).unwrap();
@@ -269,19 +260,14 @@ fn sharded_replay_is_deterministic_detects_and_reports_bad_lines() {
     );
     std::fs::write(&fleet, text).unwrap();
     let replay = |shards: &str, alerts: &std::path::Path| {
-        let out = outflow()
-            .args(["replay", "--json-summary", "--shards", shards])
-            .args(["--shard-chunk-lines", "500", "--shard-exchange-chunks", "4"])
-            .arg("--input")
-            .arg(&fleet)
-            .arg("--alerts-out")
-            .arg(alerts)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            outflow()
+                .args(["replay", "--json-summary", "--shards", shards])
+                .args(["--shard-chunk-lines", "500", "--shard-exchange-chunks", "4"])
+                .arg("--input")
+                .arg(&fleet)
+                .arg("--alerts-out")
+                .arg(alerts),
         );
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let summary: serde_json::Value =
