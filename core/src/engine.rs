@@ -509,7 +509,8 @@ impl Engine {
         if let Some(id) = self.names.get(raw) {
             return self.name_vals[id as usize].clone();
         }
-        if self.names.len() >= 200_000 {
+        // Bounded in count and in bytes (names come from telemetry).
+        if self.names.len() >= 200_000 || self.names.bytes() >= 64 << 20 {
             self.names.clear();
             self.name_vals.clear();
         }

@@ -24,6 +24,11 @@ impl StrTable {
         self.spans.len()
     }
 
+    /// Bytes of all strings held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.arena.len()
+    }
+
     #[cfg(test)]
     pub(crate) fn str_of(&self, id: u32) -> &str {
         let (a, b) = self.spans[id as usize];
@@ -74,6 +79,7 @@ mod tests {
             assert_eq!(t.intern(w), (i as u32, true));
         }
         assert_eq!(t.len(), words.len());
+        assert_eq!(t.bytes(), words.iter().map(String::len).sum::<usize>());
         for (i, w) in words.iter().enumerate() {
             assert_eq!(t.get(w), Some(i as u32));
             assert_eq!(t.intern(w), (i as u32, false));
