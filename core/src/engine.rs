@@ -279,6 +279,46 @@ impl HostState {
     }
 }
 
+/// The internal networks as (network, mask) words for IPv4 (most records);
+/// IPv6 networks as configured. The same answers as
+/// `EngineConfig::is_internal`.
+struct InternalNets {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<ipnet::Ipv6Net>,
+}
+
+impl InternalNets {
+    fn new(cfg: &EngineConfig) -> Self {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for n in &cfg.internal_networks {
+            match n {
+                ipnet::IpNet::V4(n) => {
+                    let mask = u32::from(n.netmask());
+                    v4.push((u32::from(n.network()) & mask, mask));
+                }
+                ipnet::IpNet::V6(n) => v6.push(*n),
+            }
+        }
+        InternalNets { v4, v6 }
+    }
+
+    fn contains(&self, ip: &IpAddr) -> bool {
+        let v4 = match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(a) => a.to_ipv4_mapped(),
+        };
+        match (v4, ip) {
+            (Some(a), _) => {
+                let a = u32::from(a);
+                self.v4.iter().any(|(net, mask)| a & mask == *net)
+            }
+            (None, IpAddr::V6(a)) => self.v6.iter().any(|n| n.contains(a)),
+            (None, IpAddr::V4(_)) => false,
+        }
+    }
+}
+
 /// No slot (a hint that never matches).
 const NO_SLOT: u32 = u32::MAX;
 
@@ -366,6 +406,8 @@ struct ClosedWindow {
 
 pub struct Engine {
     cfg: EngineConfig,
+    /// `cfg.internal_networks`, ready for a test per record.
+    internal: InternalNets,
     catalogue: Catalogue,
     policy: Policy,
     /// Hosts by name → index into `hosts` (hosts are never removed).
@@ -404,9 +446,11 @@ pub struct Engine {
 impl Engine {
     pub fn new(cfg: EngineConfig, policy: Policy) -> Self {
         let catalogue = catalogue_with(&policy);
+        let internal = InternalNets::new(&cfg);
         let mut apps: Map<Box<str>, (u32, Arc<str>)> = Map::default();
         apps.insert(Box::from(UNKNOWN_APP), (0, Arc::from(UNKNOWN_APP)));
         Engine {
+            internal,
             cfg,
             catalogue,
             policy,
@@ -719,7 +763,7 @@ impl Engine {
 
     fn on_net(&mut self, hid: usize, n: &NetRecord) {
         self.stats.net_records += 1;
-        if self.cfg.is_internal(&n.dst_ip) {
+        if self.internal.contains(&n.dst_ip) {
             self.stats.internal_records += 1;
             return;
         }
@@ -1568,6 +1612,44 @@ mod tests {
         }
         engine.flush();
         engine.drain_alerts()
+    }
+
+    #[test]
+    fn internal_test_agrees_with_the_config() {
+        let mut cfg = EngineConfig::default();
+        cfg.internal_networks
+            .push("203.0.113.0/26".parse().unwrap());
+        cfg.internal_networks
+            .push("2001:db8:1::/48".parse().unwrap());
+        let nets = InternalNets::new(&cfg);
+        let ips = [
+            "10.1.2.3",
+            "9.255.255.255",
+            "172.16.0.1",
+            "172.32.0.1",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "100.128.0.1",
+            "203.0.113.63",
+            "203.0.113.64",
+            "8.8.8.8",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "2001:db8:1::5",
+            "2001:db8:2::5",
+            "::ffff:10.0.0.1",
+            "::ffff:8.8.8.8",
+            "2606:4700::1",
+        ];
+        for ip in ips {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(nets.contains(&ip), cfg.is_internal(&ip), "{ip}");
+        }
+        assert!(nets.contains(&"203.0.113.1".parse().unwrap()));
+        assert!(!nets.contains(&"8.8.8.8".parse().unwrap()));
     }
 
     #[test]
