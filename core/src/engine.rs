@@ -199,8 +199,7 @@ struct HostState {
     max_ts: Timestamp,
     /// The host's process instances, in slots that keep their index while
     /// the instance lives (freed slots are reused).
-    slots: Vec<Option<ProcState>>,
-    free_slots: Vec<u32>,
+    slots: Slots<ProcState>,
     /// Slots of each pid's instances, oldest start first (pid reuse).
     pids: Map<u32, Vec<u32>>,
     /// Slots with at least one open window (closing visits only these).
@@ -224,8 +223,7 @@ impl HostState {
         HostState {
             name,
             max_ts: Timestamp::MIN,
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            slots: Slots::default(),
             pids: Map::default(),
             open: Vec::new(),
             next_sweep: Timestamp::MIN,
@@ -239,25 +237,11 @@ impl HostState {
     }
 
     fn slot(&self, i: u32) -> Option<&ProcState> {
-        self.slots.get(i as usize).and_then(Option::as_ref)
+        self.slots.get(i)
     }
 
     fn slot_mut(&mut self, i: u32) -> Option<&mut ProcState> {
-        self.slots.get_mut(i as usize).and_then(Option::as_mut)
-    }
-
-    /// Stores an instance; its slot.
-    fn put(&mut self, p: ProcState) -> u32 {
-        match self.free_slots.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(p);
-                i
-            }
-            None => {
-                self.slots.push(Some(p));
-                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
-            }
-        }
+        self.slots.get_mut(i)
     }
 
     /// The instance of `pid` that started at `start`.
@@ -322,51 +306,93 @@ impl InternalNets {
 /// No slot (a hint that never matches).
 const NO_SLOT: u32 = u32::MAX;
 
+/// Values in slots whose index stays put while the value lives (freed slots
+/// are reused): an index held elsewhere reaches its value without a lookup.
+struct Slots<T> {
+    items: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    /// Stores `v`; its slot.
+    fn put(&mut self, v: T) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.items[i as usize] = Some(v);
+                i
+            }
+            None => {
+                self.items.push(Some(v));
+                u32::try_from(self.items.len() - 1).unwrap_or(NO_SLOT)
+            }
+        }
+    }
+
+    fn get(&self, i: u32) -> Option<&T> {
+        self.items.get(i as usize).and_then(Option::as_ref)
+    }
+
+    fn get_mut(&mut self, i: u32) -> Option<&mut T> {
+        self.items.get_mut(i as usize).and_then(Option::as_mut)
+    }
+
+    /// Empties slot `i` (reused later); what it held.
+    fn take(&mut self, i: u32) -> Option<T> {
+        let v = self.items.get_mut(i as usize)?.take()?;
+        self.free.push(i);
+        Some(v)
+    }
+
+    /// One past the highest slot index ever used.
+    fn end(&self) -> u32 {
+        u32::try_from(self.items.len()).unwrap_or(NO_SLOT)
+    }
+
+    /// Slots holding a value.
+    fn live(&self) -> usize {
+        self.items.len() - self.free.len()
+    }
+}
+
 /// What a host did per (app, day), in slots that keep their index while the
 /// day is within the horizon: a process remembers its day's slot and skips
 /// the hash lookup on each record and each closing window.
 #[derive(Default)]
 struct AppDays {
     index: Map<(u32, i64), u32>,
-    slots: Vec<Option<((u32, i64), HostAppDay)>>,
-    free: Vec<u32>,
+    slots: Slots<((u32, i64), HostAppDay)>,
 }
 
 impl AppDays {
     fn get(&self, key: &(u32, i64)) -> Option<&HostAppDay> {
         let i = *self.index.get(key)?;
-        self.slots[i as usize].as_ref().map(|(_, d)| d)
+        self.slots.get(i).map(|(_, d)| d)
     }
 
     /// The statistics for `key`, created empty if absent. `hint` is tried
     /// first and left pointing at the slot.
     fn entry(&mut self, key: (u32, i64), hint: &mut u32) -> &mut HostAppDay {
-        let hit = self
-            .slots
-            .get(*hint as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|(k, _)| *k == key);
+        let hit = self.slots.get(*hint).is_some_and(|(k, _)| *k == key);
         if !hit {
             *hint = match self.index.get(&key) {
                 Some(&i) => i,
                 None => {
-                    let v = Some((key, HostAppDay::default()));
-                    let i = match self.free.pop() {
-                        Some(i) => {
-                            self.slots[i as usize] = v;
-                            i
-                        }
-                        None => {
-                            self.slots.push(v);
-                            u32::try_from(self.slots.len() - 1).unwrap_or(NO_SLOT)
-                        }
-                    };
+                    let i = self.slots.put((key, HostAppDay::default()));
                     self.index.insert(key, i);
                     i
                 }
             };
         }
-        match &mut self.slots[*hint as usize] {
+        match self.slots.get_mut(*hint) {
             Some((_, d)) => d,
             None => unreachable!("an indexed slot holds its statistics"),
         }
@@ -374,12 +400,11 @@ impl AppDays {
 
     /// Forgets the days before `oldest`.
     fn retain_from(&mut self, oldest: i64) {
-        let (slots, free) = (&mut self.slots, &mut self.free);
+        let slots = &mut self.slots;
         self.index.retain(|(_, d), i| {
             let keep = *d >= oldest;
             if !keep {
-                slots[*i as usize] = None;
-                free.push(*i);
+                slots.take(*i);
             }
             keep
         });
@@ -526,11 +551,7 @@ impl Engine {
     pub fn stats(&self) -> EngineStats {
         let mut s = self.stats.clone();
         s.hosts = self.hosts.len() as u64;
-        s.live_processes = self
-            .hosts
-            .iter()
-            .map(|h| h.slots.iter().filter(|s| s.is_some()).count() as u64)
-            .sum();
+        s.live_processes = self.hosts.iter().map(|h| h.slots.live() as u64).sum();
         s
     }
 
@@ -703,7 +724,7 @@ impl Engine {
             }
         }
         let state = ProcState::new(meta, false);
-        let slot = h.put(state);
+        let slot = h.slots.put(state);
         let mut ids = h.pids.remove(&p.pid).unwrap_or_default();
         let pos = ids.partition_point(|&i| h.slot(i).is_some_and(|s| s.start <= p.ts));
         ids.insert(pos, slot);
@@ -793,11 +814,10 @@ impl Engine {
         };
         // The process: the latest start at or before ts; else app `unknown`.
         let found = h.pids.get(&n.pid).and_then(|v| {
-            v.iter().rev().copied().find(|&i| {
-                h.slots[i as usize]
-                    .as_ref()
-                    .is_some_and(|s| s.start <= n.ts)
-            })
+            v.iter()
+                .rev()
+                .copied()
+                .find(|&i| h.slots.get(i).is_some_and(|s| s.start <= n.ts))
         });
         let slot = match found {
             Some(i) => i,
@@ -813,12 +833,12 @@ impl Engine {
                     user: None,
                     parent_app: None,
                 });
-                let slot = h.put(ProcState::new(meta, true));
+                let slot = h.slots.put(ProcState::new(meta, true));
                 h.pids.entry(n.pid).or_default().insert(0, slot);
                 slot
             }
         };
-        let Some(p) = h.slots[slot as usize].as_mut() else {
+        let Some(p) = h.slots.get_mut(slot) else {
             return;
         };
         // Every record of a pid whose start was never seen (a process really
@@ -945,7 +965,7 @@ impl Engine {
         let mut next = Timestamp(i64::MAX);
         let mut still_open = std::mem::take(&mut self.scratch_open);
         for &slot in &h.open {
-            let Some(p) = h.slots.get_mut(slot as usize).and_then(Option::as_mut) else {
+            let Some(p) = h.slots.get_mut(slot) else {
                 continue;
             };
             let mut open = false;
@@ -1010,8 +1030,8 @@ impl Engine {
             // One pass over the slots (in memory order); the pid index is
             // touched only for what goes.
             let h = &mut self.hosts[hid];
-            for i in 0..h.slots.len() {
-                let gone = h.slots[i].as_ref().is_some_and(|p| {
+            for slot in 0..h.slots.end() {
+                let gone = h.slots.get(slot).is_some_and(|p| {
                     p.windows.is_empty()
                         && ((p.ended
                             && p.last_activity.saturating_add_us(ENDED_GRACE_US) < watermark)
@@ -1020,11 +1040,9 @@ impl Engine {
                 if !gone {
                     continue;
                 }
-                let Some(p) = h.slots[i].take() else {
+                let Some(p) = h.slots.take(slot) else {
                     continue;
                 };
-                let slot = u32::try_from(i).unwrap_or(u32::MAX);
-                h.free_slots.push(slot);
                 if let Some(ids) = h.pids.get_mut(&p.pid) {
                     ids.retain(|&x| x != slot);
                     if ids.is_empty() {
