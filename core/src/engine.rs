@@ -1282,7 +1282,7 @@ impl Engine {
             None => {
                 if let Some(days) = self.local.days_of(app) {
                     for (d, s) in days.range(oldest..=today) {
-                        view.add_day(today, *d, &[s], None, own(*d));
+                        view.add_day(today, *d, (s, None), None, own(*d));
                     }
                 }
             }
@@ -1297,10 +1297,9 @@ impl Engine {
                 for d in oldest..=today {
                     let f = f.and_then(|m| m.get(&d));
                     let l = l.and_then(|m| m.get(&d));
-                    let plus: &[&AppDayStats] = match (&f, &l) {
-                        (Some(f), Some(l)) => &[f, l],
-                        (Some(f), None) => &[f],
-                        (None, Some(l)) => &[l],
+                    let plus = match (f, l) {
+                        (Some(f), l) => (f, l),
+                        (None, Some(l)) => (l, None),
                         (None, None) => continue,
                     };
                     view.add_day(today, d, plus, shipped.and_then(|m| m.get(&d)), own(d));
