@@ -18,6 +18,21 @@ fn run_ok(cmd: &mut Command) -> std::process::Output {
     out
 }
 
+/// `outflow eval` of `alerts` against `sim_fleet`'s truth: 6 incidents, at
+/// least 5 found.
+fn assert_finds_sim_incidents(truth: &std::path::Path, alerts: &std::path::Path) {
+    let out = run_ok(
+        outflow()
+            .args(["eval", "--json", "--truth"])
+            .arg(truth)
+            .arg("--alerts")
+            .arg(alerts),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["incidents"], 6);
+    assert!(report["detected"].as_u64().unwrap() >= 5, "{report}");
+}
+
 fn dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -228,17 +243,7 @@ fn sim_replay_eval_round_trip_is_deterministic() {
         "replays give the same alerts, ids included"
     );
     assert!(!a.is_empty());
-    let out = outflow()
-        .args(["eval", "--json", "--truth"])
-        .arg(&truth)
-        .arg("--alerts")
-        .arg(&alerts_a)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["incidents"], 6);
-    assert!(report["detected"].as_u64().unwrap() >= 5, "{report}");
+    assert_finds_sim_incidents(&truth, &alerts_a);
 }
 
 /// `--shards 2`: hosts split over two engines that swap baselines (here every
@@ -294,17 +299,7 @@ fn sharded_replay_is_deterministic_detects_and_reports_bad_lines() {
     assert_eq!(s1["rejected"], 2);
     assert_eq!(s1["engine"]["net_records"], single["engine"]["net_records"]);
     assert_eq!(s1["engine"]["hosts"], 120);
-    let out = outflow()
-        .args(["eval", "--json", "--truth"])
-        .arg(&truth)
-        .arg("--alerts")
-        .arg(d.path().join("a1.jsonl"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["incidents"], 6);
-    assert!(report["detected"].as_u64().unwrap() >= 5, "{report}");
+    assert_finds_sim_incidents(&truth, &d.path().join("a1.jsonl"));
     // --strict needs one ordered stream.
     let out = outflow()
         .args(["replay", "--strict", "--shards", "2", "--input"])
