@@ -114,6 +114,19 @@ struct DestAcc {
     inb: u64,
 }
 
+impl DestAcc {
+    /// Adds another record to the same (address, port); a name learnt late
+    /// (DNS after the first record) names it.
+    fn absorb(&mut self, d: &DestAcc) {
+        self.out = self.out.saturating_add(d.out);
+        self.inb = self.inb.saturating_add(d.inb);
+        if self.name.is_none() && d.name.is_some() {
+            self.name = d.name.clone();
+            self.service = d.service.clone();
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OpenWindow {
     start: Timestamp,
@@ -1457,12 +1470,7 @@ fn add_dest(v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
         .rev()
         .find(|e| e.port == d.port && e.ip == d.ip)
     {
-        e.out = e.out.saturating_add(d.out);
-        e.inb = e.inb.saturating_add(d.inb);
-        if e.name.is_none() && d.name.is_some() {
-            e.name = d.name.clone();
-            e.service = d.service.clone();
-        }
+        e.absorb(d);
     } else if v.len() < cap {
         v.push(d.clone());
     } else if let Some(min) = v.iter_mut().min_by_key(|e| e.out) {
@@ -1503,13 +1511,7 @@ fn add_day_dest(
         .find(|(i, k)| **k == key && v[*i].port == d.port && v[*i].ip == d.ip)
         .map(|(i, _)| i);
     if let Some(i) = found {
-        let e = &mut v[i];
-        e.out = e.out.saturating_add(d.out);
-        e.inb = e.inb.saturating_add(d.inb);
-        if e.name.is_none() && d.name.is_some() {
-            e.name = d.name.clone();
-            e.service = d.service.clone();
-        }
+        v[i].absorb(d);
         // Only the smallest growing can change which entry is smallest.
         if d.out > 0 && *min == Some(i as u32) {
             *min = None;
