@@ -256,18 +256,14 @@ fn read_chunks(
             first_line: line_no + 1,
             lines: 0,
         };
-        while (chunk.lines as usize) < chunk_lines {
-            match reader.next_line() {
-                Ok(None) => break,
-                Ok(Some(line)) => {
-                    chunk.data.extend_from_slice(line);
-                    chunk.lines += 1;
-                    line_no += 1;
-                }
-                Err(e) => {
-                    let _ = to[c % to.len()].send(Err(e));
-                    return;
-                }
+        match reader.read_lines(chunk_lines, &mut chunk.data) {
+            Ok(n) => {
+                chunk.lines = n as u64;
+                line_no += n as u64;
+            }
+            Err(e) => {
+                let _ = to[c % to.len()].send(Err(e));
+                return;
             }
         }
         if chunk.lines == 0 || to[c % to.len()].send(Ok(chunk)).is_err() {
