@@ -207,14 +207,26 @@ impl ProcState {
     }
 }
 
+/// A live process instance of a pid: its slot and its start (a copy of the
+/// slot's, so finding the instance of a record reads no slot).
+#[derive(Clone, Copy, Debug)]
+struct PidInstance {
+    slot: u32,
+    start: Timestamp,
+}
+
+/// A pid's instances, oldest start first; one (the common case) is kept in
+/// the map entry itself.
+type PidInstances = smallvec::SmallVec<[PidInstance; 1]>;
+
 struct HostState {
     name: Arc<str>,
     max_ts: Timestamp,
     /// The host's process instances, in slots that keep their index while
     /// the instance lives (freed slots are reused).
     slots: Slots<ProcState>,
-    /// Slots of each pid's instances, oldest start first (pid reuse).
-    pids: Map<u32, Vec<u32>>,
+    /// Each pid's instances, oldest start first (pid reuse).
+    pids: Map<u32, PidInstances>,
     /// Slots with at least one open window (closing visits only these).
     open: Vec<u32>,
     /// Next time finished and idle processes are swept out.
@@ -259,20 +271,13 @@ impl HostState {
 
     /// The instance of `pid` that started at `start`.
     fn instance(&self, pid: u32, start: Timestamp) -> Option<&ProcState> {
-        self.pids
-            .get(&pid)?
-            .iter()
-            .filter_map(|&i| self.slot(i))
-            .find(|p| p.start == start)
+        let i = self.pids.get(&pid)?.iter().find(|x| x.start == start)?;
+        self.slot(i.slot)
     }
 
     fn instance_mut(&mut self, pid: u32, start: Timestamp) -> Option<&mut ProcState> {
-        let i = *self
-            .pids
-            .get(&pid)?
-            .iter()
-            .find(|&&i| self.slot(i).is_some_and(|p| p.start == start))?;
-        self.slot_mut(i)
+        let i = *self.pids.get(&pid)?.iter().find(|x| x.start == start)?;
+        self.slot_mut(i.slot)
     }
 }
 
@@ -710,7 +715,7 @@ impl Engine {
                 h.pids
                     .get(&ppid)
                     .and_then(|v| v.last())
-                    .and_then(|&i| h.slot(i))
+                    .and_then(|i| h.slot(i.slot))
                     .map(|s| s.meta.app.clone())
             });
         let meta = Arc::new(ProcMeta {
@@ -730,8 +735,9 @@ impl Engine {
         // Keep the instance list ordered by start; a duplicate start is ignored.
         if let Some(v) = h.pids.get(&p.pid) {
             if v.iter()
-                .filter_map(|&i| h.slot(i))
-                .any(|s| s.start == p.ts && s.app == app)
+                .filter(|x| x.start == p.ts)
+                .filter_map(|x| h.slot(x.slot))
+                .any(|s| s.app == app)
             {
                 return;
             }
@@ -739,11 +745,11 @@ impl Engine {
         let state = ProcState::new(meta, false);
         let slot = h.slots.put(state);
         let mut ids = h.pids.remove(&p.pid).unwrap_or_default();
-        let pos = ids.partition_point(|&i| h.slot(i).is_some_and(|s| s.start <= p.ts));
-        ids.insert(pos, slot);
+        let pos = ids.partition_point(|x| x.start <= p.ts);
+        ids.insert(pos, PidInstance { slot, start: p.ts });
         // Older instances of the pid are over (pid reuse).
-        for &i in ids.iter().take(pos) {
-            if let Some(s) = h.slot_mut(i) {
+        for x in ids.iter().take(pos) {
+            if let Some(s) = h.slots.get_mut(x.slot) {
                 s.ended = true;
             }
         }
@@ -765,11 +771,7 @@ impl Engine {
         let Some(v) = h.pids.get(&p.pid) else {
             return;
         };
-        let found = v
-            .iter()
-            .rev()
-            .copied()
-            .find(|&i| h.slot(i).is_some_and(|s| s.start <= p.ts));
+        let found = v.iter().rev().find(|x| x.start <= p.ts).map(|x| x.slot);
         if let Some(s) = found.and_then(|i| h.slot_mut(i)) {
             s.ended = true;
             s.last_activity = s.last_activity.max(p.ts);
@@ -826,12 +828,11 @@ impl Engine {
             },
         };
         // The process: the latest start at or before ts; else app `unknown`.
-        let found = h.pids.get(&n.pid).and_then(|v| {
-            v.iter()
-                .rev()
-                .copied()
-                .find(|&i| h.slots.get(i).is_some_and(|s| s.start <= n.ts))
-        });
+        let found = h
+            .pids
+            .get(&n.pid)
+            .and_then(|v| v.iter().rev().find(|x| x.start <= n.ts))
+            .map(|x| x.slot);
         let slot = match found {
             Some(i) => i,
             None => {
@@ -847,7 +848,11 @@ impl Engine {
                     parent_app: None,
                 });
                 let slot = h.slots.put(ProcState::new(meta, true));
-                h.pids.entry(n.pid).or_default().insert(0, slot);
+                // Every instance there started after ts: this one goes first.
+                h.pids
+                    .entry(n.pid)
+                    .or_default()
+                    .insert(0, PidInstance { slot, start: n.ts });
                 slot
             }
         };
@@ -1057,7 +1062,7 @@ impl Engine {
                     continue;
                 };
                 if let Some(ids) = h.pids.get_mut(&p.pid) {
-                    ids.retain(|&x| x != slot);
+                    ids.retain(|x| x.slot != slot);
                     if ids.is_empty() {
                         h.pids.remove(&p.pid);
                     }
