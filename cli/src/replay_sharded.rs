@@ -2,10 +2,11 @@
 //! threads, the way collectors split a fleet.
 //!
 //! A reader thread cuts the input into chunks of whole lines and hands chunk
-//! `c` to parser `c % N`, which parses it and sends each engine the events of
-//! its hosts. Engine `w` takes chunk parts in chunk order (chunk `c` from
-//! parser `c % N`), so it sees its hosts' events in input order while parsing
-//! runs ahead on every parser. Every `exchange_chunks` chunks the engines swap
+//! `c` to router `c % N`, which reads each line's host and sends each engine
+//! the places of its hosts' lines in the shared chunk. Engine `w` takes chunk
+//! parts in chunk order (chunk `c` from router `c % N`), so it sees its hosts'
+//! events in input order, and parses its lines itself: an event is built,
+//! used and freed on one thread, and never crosses between cores. Every `exchange_chunks` chunks the engines swap
 //! their local baselines (as collectors ship partials to the aggregator) and
 //! judge against the sum: a shard's view of the others' hosts is at most that
 //! many chunks old. Chunking, ownership and exchange points depend only on
@@ -21,10 +22,10 @@ use std::time::Instant;
 use anyhow::Context;
 use outflow_core::baseline::AppDayStats;
 use outflow_core::baseline::FleetBaseline;
-use outflow_core::telemetry::parse_line_bytes;
-use outflow_core::{Alert, Engine, EngineStats, Event};
+use outflow_core::telemetry::{parse_line_bytes, ParseError};
+use outflow_core::{Alert, Engine, EngineStats};
 
-use crate::replay::{close_idle_hosts, find_newline, trim_newline, LineReader, ReplaySummary};
+use crate::replay::{close_idle_hosts, trim_newline, LineReader, ReplaySummary};
 
 /// How the input is cut and how often shards swap baselines.
 #[derive(Clone, Copy, Debug)]
@@ -35,10 +36,12 @@ pub struct ShardOptions {
     pub exchange_chunks: u64,
 }
 
-/// Default lines per chunk.
-pub const CHUNK_LINES: usize = 4096;
-/// Default chunks between exchanges (~250 k lines).
-pub const EXCHANGE_CHUNKS: u64 = 64;
+/// Default lines per chunk (~190 KiB of telemetry: a chunk is still in
+/// cache when its engines parse it).
+pub const CHUNK_LINES: usize = 1024;
+/// Default chunks between exchanges (262,144 lines, as with the earlier
+/// 64 chunks of 4096: the same exchange points, so the same alerts).
+pub const EXCHANGE_CHUNKS: u64 = 256;
 /// Messages in flight per channel: bounds memory.
 const IN_FLIGHT: usize = 4;
 /// Rejected-line examples kept.
@@ -56,9 +59,18 @@ struct RawChunk {
 /// An engine's local baseline at an exchange point.
 type Partials = Arc<Vec<AppDayStats>>;
 
-/// What a parser sends an engine: its hosts' events of one chunk.
+/// A line of a chunk: `data[start..end]` (newline trimmed), line number `no`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LineRef {
+    start: usize,
+    end: usize,
+    no: u64,
+}
+
+/// What a router sends an engine: where its hosts' lines of one chunk are.
 struct Part {
-    events: Vec<Event>,
+    chunk: Arc<RawChunk>,
+    lines: Vec<LineRef>,
     /// Input bytes of the chunk (engine 0's copy only, else 0).
     bytes: u64,
 }
@@ -74,13 +86,16 @@ struct ParseTally {
     rejected: u64,
     rejected_by_reason: BTreeMap<String, u64>,
     examples: Vec<(u64, String)>,
-    lines: u64,
 }
 
 /// The shard of a host: FNV-1a of its name (stable across runs and builds).
 pub fn shard_of(host: &str, shards: usize) -> usize {
+    shard_of_bytes(host.as_bytes(), shards)
+}
+
+fn shard_of_bytes(host: &[u8], shards: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in host.as_bytes() {
+    for b in host {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -106,7 +121,7 @@ pub fn run_sharded(
     let (chunk_tx, chunk_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| sync_channel::<io::Result<RawChunk>>(IN_FLIGHT))
         .unzip();
-    // Parser p → engine w: parts[p][w] / from_parser[w][p].
+    // Router p → engine w: parts[p][w] / from_parser[w][p].
     let mut to_engine: Vec<Vec<SyncSender<Part>>> = (0..n).map(|_| Vec::new()).collect();
     let mut from_parser: Vec<Vec<Receiver<Part>>> = (0..n).map(|_| Vec::new()).collect();
     for senders in to_engine.iter_mut() {
@@ -130,12 +145,13 @@ pub fn run_sharded(
             }
         }
     }
-    // Parsers → reader: chunk buffers to fill again (a fresh ~1 MiB buffer
-    // per chunk costs page faults and zeroing in the kernel).
+    // Engines → reader: chunk buffers to fill again, sent by the last engine
+    // done with a chunk (a fresh ~1 MiB buffer per chunk costs page faults
+    // and zeroing in the kernel).
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(2 * n * IN_FLIGHT);
-    // Engine → parser p: spent event vectors.
+    // Engine → router p: spent line lists.
     let (spent_tx, spent_rx): (Vec<_>, Vec<_>) = (0..n)
-        .map(|_| sync_channel::<Vec<Event>>(2 * n * IN_FLIGHT))
+        .map(|_| sync_channel::<Vec<LineRef>>(2 * n * IN_FLIGHT))
         .unzip();
     let (done_tx, done_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| sync_channel::<ChunkDone>(IN_FLIGHT * 2))
@@ -144,16 +160,12 @@ pub fn run_sharded(
     let mut s = ReplaySummary::default();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         scope.spawn(move || read_chunks(input, opts.chunk_lines, chunk_tx, recycle_rx));
-        let parsers: Vec<_> = chunk_rx
+        let routers: Vec<_> = chunk_rx
             .into_iter()
             .zip(to_engine)
             .zip(spent_rx)
-            .map(|((chunks, to), spent)| {
-                let recycle = recycle_tx.clone();
-                scope.spawn(move || parse_chunks(chunks, to, spent, recycle))
-            })
+            .map(|((chunks, to), spent)| scope.spawn(move || route_chunks(chunks, to, spent)))
             .collect();
-        drop(recycle_tx);
         let ex = opts.exchange_chunks;
         let engines: Vec<_> = engines
             .into_iter()
@@ -162,10 +174,14 @@ pub fn run_sharded(
             .zip(done_tx)
             .enumerate()
             .map(|(w, (((engine, parts), (to, from)), done))| {
-                let spent = spent_tx.clone();
-                scope.spawn(move || run_engine(w, n, ex, engine, parts, spent, to, from, done))
+                let back = Recycle {
+                    lines: spent_tx.clone(),
+                    chunks: recycle_tx.clone(),
+                };
+                scope.spawn(move || run_engine(w, n, ex, engine, parts, back, to, from, done))
             })
             .collect();
+        drop(recycle_tx);
         // Alerts in chunk order, then engine order.
         let mut bytes = 0u64;
         'chunks: loop {
@@ -193,21 +209,16 @@ pub fn run_sharded(
             }
         }
         drop(done_rx);
-        let mut examples = Vec::new();
-        for h in parsers {
-            let tally = h
+        for h in routers {
+            let lines = h
                 .join()
-                .map_err(|_| anyhow::anyhow!("a replay parser panicked"))??;
-            s.rejected += tally.rejected;
-            s.lines = s.lines.max(tally.lines);
-            for (k, v) in tally.rejected_by_reason {
-                *s.rejected_by_reason.entry(k).or_default() += v;
-            }
-            examples.extend(tally.examples);
+                .map_err(|_| anyhow::anyhow!("a replay router panicked"))??;
+            s.lines = s.lines.max(lines);
         }
+        let mut examples = Vec::new();
         let mut stats = EngineStats::default();
         for h in engines {
-            let (events, engine_stats, flushed) = h
+            let (events, engine_stats, flushed, tally) = h
                 .join()
                 .map_err(|_| anyhow::anyhow!("a replay engine panicked"))??;
             for a in &flushed {
@@ -216,6 +227,11 @@ pub fn run_sharded(
             }
             s.events += events;
             stats.add(&engine_stats);
+            s.rejected += tally.rejected;
+            for (k, v) in tally.rejected_by_reason {
+                *s.rejected_by_reason.entry(k).or_default() += v;
+            }
+            examples.extend(tally.examples);
         }
         examples.sort();
         s.rejected_examples = examples
@@ -273,43 +289,54 @@ fn read_chunks(
     }
 }
 
-/// Parses its chunks and sends every engine its hosts' events of each.
-/// Returning drops its senders: the engines learn the input ended.
-fn parse_chunks(
+/// Routes its chunks: sends every engine the places of its hosts' lines of
+/// each. Returns the last line number seen; returning drops its senders, so
+/// the engines learn the input ended.
+fn route_chunks(
     chunks: Receiver<io::Result<RawChunk>>,
     to: Vec<SyncSender<Part>>,
-    spent: Receiver<Vec<Event>>,
-    recycle: SyncSender<Vec<u8>>,
-) -> anyhow::Result<ParseTally> {
-    let mut tally = ParseTally::default();
+    spent: Receiver<Vec<LineRef>>,
+) -> anyhow::Result<u64> {
     let n = to.len();
-    let mut pool: Vec<Vec<Event>> = Vec::new();
+    let router = Router::new();
+    let mut last_line = 0;
+    let mut pool: Vec<Vec<LineRef>> = Vec::new();
     for chunk in chunks.iter() {
-        let chunk = chunk.context("reading input")?;
-        // Events the engines are done with are freed here, on the thread
-        // that allocated them (cheaper), and their vectors reused.
+        let chunk = Arc::new(chunk.context("reading input")?);
         while let Ok(mut v) = spent.try_recv() {
             v.clear();
             if pool.len() < n * (IN_FLIGHT + 2) {
                 pool.push(v);
             }
         }
-        let mut parts: Vec<Vec<Event>> = (0..n).map(|_| pool.pop().unwrap_or_default()).collect();
-        parse_chunk(&chunk, n, &mut parts, &mut tally);
+        let mut parts: Vec<Vec<LineRef>> = (0..n).map(|_| pool.pop().unwrap_or_default()).collect();
+        router.route_chunk(&chunk, &mut parts);
+        last_line = last_line.max(chunk.first_line + chunk.lines - 1);
         let chunk_bytes = chunk.data.len() as u64;
-        // Back to the reader; dropped here if it has enough.
-        let _ = recycle.try_send(chunk.data);
-        for (w, (events, tx)) in parts.into_iter().zip(&to).enumerate() {
+        for (w, (lines, tx)) in parts.into_iter().zip(&to).enumerate() {
             let bytes = if w == 0 { chunk_bytes } else { 0 };
-            if tx.send(Part { events, bytes }).is_err() {
-                return Ok(tally);
+            let part = Part {
+                chunk: chunk.clone(),
+                lines,
+                bytes,
+            };
+            if tx.send(part).is_err() {
+                return Ok(last_line);
             }
         }
     }
-    Ok(tally)
+    Ok(last_line)
 }
 
-type EngineResult = anyhow::Result<(u64, EngineStats, Vec<Alert>)>;
+/// Where an engine sends what it is done with.
+struct Recycle {
+    /// Line lists, to router p.
+    lines: Vec<SyncSender<Vec<LineRef>>>,
+    /// Chunk buffers, to the reader (by the last engine to let go).
+    chunks: SyncSender<Vec<u8>>,
+}
+
+type EngineResult = anyhow::Result<(u64, EngineStats, Vec<Alert>, ParseTally)>;
 
 #[allow(clippy::too_many_arguments)]
 fn run_engine(
@@ -318,31 +345,45 @@ fn run_engine(
     exchange_chunks: u64,
     mut engine: Engine,
     parts: Vec<Receiver<Part>>,
-    spent: Vec<SyncSender<Vec<Event>>>,
+    back: Recycle,
     to: Vec<Option<SyncSender<Partials>>>,
     from: Vec<Option<Receiver<Partials>>>,
     done: SyncSender<ChunkDone>,
 ) -> EngineResult {
     let mut events = 0u64;
+    let mut tally = ParseTally::default();
     for c in 0u64.. {
-        // Chunk c comes from parser c mod n; a closed channel is the end.
+        // Chunk c comes from router c mod n; a closed channel is the end.
         let p = (c % n as u64) as usize;
         let Ok(part) = parts[p].recv() else {
             break;
         };
         let mut alerts = Vec::new();
-        for ev in &part.events {
-            events += 1;
-            engine.ingest(ev);
-            if engine.pending_alerts() > 0 {
-                alerts.extend(engine.drain_alerts());
+        for l in &part.lines {
+            match parse_line_bytes(&part.chunk.data[l.start..l.end]) {
+                Ok(ev) => {
+                    debug_assert_eq!(shard_of(ev.host(), n), me, "line {} routed", l.no);
+                    events += 1;
+                    engine.ingest(&ev);
+                    if engine.pending_alerts() > 0 {
+                        alerts.extend(engine.drain_alerts());
+                    }
+                }
+                Err(error) => tally.reject(l.no, &error),
             }
         }
         close_idle_hosts(&mut engine);
         alerts.extend(engine.drain_alerts());
-        let bytes = part.bytes;
-        // Back to its parser to be freed; dropped here if that is busy.
-        let _ = spent[p].try_send(part.events);
+        let Part {
+            chunk,
+            lines,
+            bytes,
+        } = part;
+        // Back to be reused; dropped here if the other side has enough.
+        let _ = back.lines[p].try_send(lines);
+        if let Ok(raw) = Arc::try_unwrap(chunk) {
+            let _ = back.chunks.try_send(raw.data);
+        }
         if done.send(ChunkDone { alerts, bytes }).is_err() {
             break;
         }
@@ -368,34 +409,163 @@ fn run_engine(
     drop(done);
     engine.flush();
     let flushed = engine.drain_alerts();
-    Ok((events, engine.stats(), flushed))
+    Ok((events, engine.stats(), flushed, tally))
 }
 
-fn parse_chunk(chunk: &RawChunk, n: usize, parts: &mut [Vec<Event>], tally: &mut ParseTally) {
-    let mut rest = chunk.data.as_slice();
-    for no in chunk.first_line.. {
-        if rest.is_empty() {
-            break;
+impl ParseTally {
+    fn reject(&mut self, no: u64, error: &ParseError) {
+        self.rejected += 1;
+        *self
+            .rejected_by_reason
+            .entry(error.reason_key().to_string())
+            .or_default() += 1;
+        if self.examples.len() < EXAMPLES {
+            self.examples.push((no, format!("line {no}: {error}")));
         }
-        let end = find_newline(rest).map_or(rest.len(), |p| p + 1);
-        let line = trim_newline(&rest[..end]);
-        rest = &rest[end..];
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    }
+}
+
+/// Finds the engine of a line from its host.
+struct Router {
+    host_key: memchr::memmem::Finder<'static>,
+}
+
+impl Router {
+    fn new() -> Self {
+        Router {
+            host_key: memchr::memmem::Finder::new(b"\"host\":\""),
         }
-        match parse_line_bytes(line) {
-            Ok(ev) => parts[shard_of(ev.host(), n)].push(ev),
-            Err(error) => {
-                tally.rejected += 1;
-                *tally
-                    .rejected_by_reason
-                    .entry(error.reason_key().to_string())
-                    .or_default() += 1;
-                if tally.examples.len() < EXAMPLES {
-                    tally.examples.push((no, format!("line {no}: {error}")));
-                }
+    }
+
+    /// Every line that is not blank, with the engine that owns its host.
+    fn route_chunk(&self, chunk: &RawChunk, parts: &mut [Vec<LineRef>]) {
+        let n = parts.len();
+        let data = chunk.data.as_slice();
+        let mut start = 0;
+        let mut no = chunk.first_line;
+        while start < data.len() {
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |p| start + p);
+            let line = trim_newline(&data[start..end]);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                parts[self.engine_of(line, n)].push(LineRef {
+                    start,
+                    end: start + line.len(),
+                    no,
+                });
+            }
+            start = end + 1;
+            no += 1;
+        }
+    }
+
+    /// The engine of a line: `shard_of` its host, or engine 0 for a line
+    /// without one (its engine reports why it is rejected).
+    fn engine_of(&self, line: &[u8], n: usize) -> usize {
+        match self.quick_host(line) {
+            Some(host) => shard_of_bytes(host, n),
+            None => parse_line_bytes(line).map_or(0, |ev| shard_of(ev.host(), n)),
+        }
+    }
+
+    /// The host of a line read without parsing it, when that cannot differ
+    /// from what the parser reads: `"host":"` occurs once, no object is
+    /// nested in the line (a `{` anywhere but one, even in a string, and
+    /// this gives up), and the value holds no escape. Otherwise `None`, and
+    /// the line is parsed to route it.
+    fn quick_host<'l>(&self, line: &'l [u8]) -> Option<&'l [u8]> {
+        let at = self.host_key.find(line)? + self.host_key.needle().len();
+        let rest = &line[at..];
+        if self.host_key.find(rest).is_some() || memchr::memchr_iter(b'{', line).nth(1).is_some() {
+            return None;
+        }
+        let value = &rest[..memchr::memchr2(b'"', b'\\', rest)?];
+        (rest[value.len()] == b'"').then_some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line routed without parsing goes where its parsed host says.
+    #[test]
+    fn quick_routing_agrees_with_the_parser() {
+        let r = Router::new();
+        let base = r#""ts":"2024-05-01T12:00:00Z","pid":1"#;
+        let lines = [
+            format!(r#"{{"type":"process_end",{base},"host":"ws-1"}}"#),
+            format!(r#"{{"type":"process_end","host":"h\u0041",{base}}}"#),
+            format!(r#"{{"type":"process_end","host" : "spaced",{base}}}"#),
+            format!(r#"{{"type":"host","labels":{{"host":"decoy"}},"host":"real",{base}}}"#),
+            format!(r#"{{"type":"host","host":"real","labels":{{"host":"decoy"}},{base}}}"#),
+            format!(
+                r#"{{"type":"process_start","name":"x","cmdline":"echo \"host\":\"decoy\"","host":"real",{base}}}"#
+            ),
+            format!(r#"{{"type":"process_start","name":"x","cmdline":"{{a}}","host":"b",{base}}}"#),
+            format!(r#"{{"type":"process_end","host":"first","host":"second",{base}}}"#),
+            format!(r#"{{"type":"process_end","host":"",{base}}}"#),
+            r#"{"type":"process_end","host":"unterminated"#.to_string(),
+            "not json".to_string(),
+        ];
+        for n in 2..6 {
+            for l in &lines {
+                let got = r.engine_of(l.as_bytes(), n);
+                // A line that will be rejected may go to any engine.
+                let want = parse_line_bytes(l.as_bytes()).map_or(got, |ev| shard_of(ev.host(), n));
+                assert!(got < n);
+                assert_eq!(got, want, "{n} shards: {l}");
+            }
+        }
+        // The plain case is read without parsing; the unsure ones are not.
+        assert_eq!(r.quick_host(lines[0].as_bytes()), Some(&b"ws-1"[..]));
+        // An escaped quote cannot start the key: the decoy is not taken.
+        assert_eq!(r.quick_host(lines[5].as_bytes()), Some(&b"real"[..]));
+        for l in lines[1..5].iter().chain(&lines[6..8]) {
+            assert_eq!(r.quick_host(l.as_bytes()), None, "{l}");
+        }
+    }
+
+    /// Blank lines are skipped; every other line is routed once, with its
+    /// number and its bytes.
+    #[test]
+    fn a_chunk_is_routed_line_by_line() {
+        let text = "{\"host\":\"a\"}\n\n  \r\n{\"host\":\"b\"}\r\nbad\n{\"host\":\"c\"}";
+        let chunk = RawChunk {
+            data: text.as_bytes().to_vec(),
+            first_line: 10,
+            lines: 6,
+        };
+        let mut parts = vec![Vec::new(), Vec::new()];
+        Router::new().route_chunk(&chunk, &mut parts);
+        let mut got: Vec<(u64, &str)> = parts
+            .iter()
+            .flatten()
+            .map(|l| {
+                (
+                    l.no,
+                    std::str::from_utf8(&chunk.data[l.start..l.end]).unwrap(),
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (10, "{\"host\":\"a\"}"),
+                (13, "{\"host\":\"b\"}"),
+                (14, "bad"),
+                (15, "{\"host\":\"c\"}"),
+            ]
+        );
+        assert!(
+            parts[0].iter().any(|l| l.no == 14),
+            "hostless lines go to engine 0"
+        );
+        for (w, p) in parts.iter().enumerate() {
+            for l in p.iter().filter(|l| l.no != 14) {
+                let host = std::str::from_utf8(&chunk.data[l.start + 9..l.end - 2]).unwrap();
+                assert_eq!(shard_of(host, 2), w, "line {}", l.no);
             }
         }
     }
-    tally.lines = tally.lines.max(chunk.first_line + chunk.lines - 1);
 }
