@@ -914,15 +914,18 @@ impl Engine {
                     let pos = p.windows.partition_point(|w| w.start < wstart);
                     let mut dests = self.dest_pool.pop().unwrap_or_default();
                     dests.push(dest);
-                    p.windows.insert(
-                        pos,
-                        OpenWindow {
-                            start: wstart,
-                            out: n.bytes_out,
-                            inb: n.bytes_in,
-                            dests,
-                        },
-                    );
+                    let w = OpenWindow {
+                        start: wstart,
+                        out: n.bytes_out,
+                        inb: n.bytes_in,
+                        dests,
+                    };
+                    // Almost always the newest window.
+                    if pos == p.windows.len() {
+                        p.windows.push(w);
+                    } else {
+                        p.windows.insert(pos, w);
+                    }
                     let close_at = wstart.saturating_add_us(window_us);
                     if close_at < h.next_close {
                         h.next_close = close_at;
