@@ -359,8 +359,12 @@ fn run_engine(
             break;
         };
         let mut alerts = Vec::new();
-        for l in &part.lines {
-            match parse_line_bytes(&part.chunk.data[l.start..l.end]) {
+        let data = part.chunk.data.as_slice();
+        for (i, l) in part.lines.iter().enumerate() {
+            if let Some(next) = part.lines.get(i + 1) {
+                prefetch(&data[next.start..next.end]);
+            }
+            match parse_line_bytes(&data[l.start..l.end]) {
                 Ok(ev) => {
                     debug_assert_eq!(shard_of(ev.host(), n), me, "line {} routed", l.no);
                     events += 1;
@@ -410,6 +414,22 @@ fn run_engine(
     engine.flush();
     let flushed = engine.drain_alerts();
     Ok((events, engine.stats(), flushed, tally))
+}
+
+/// Asks the CPU to start loading a line the engine parses next: chunks are
+/// written on another core, and without this every line's first read waits
+/// for its bytes. Only a hint; a no-op off x86-64.
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..bytes.len()).step_by(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults and reads nothing the program
+        // sees; the address is inside `bytes`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(off).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 impl ParseTally {
