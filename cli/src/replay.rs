@@ -213,7 +213,15 @@ pub fn run_stream(
             let batch = batch.context("reading input")?;
             bytes += batch.bytes;
             s.lines = batch.last_line;
-            for (line_no, parsed) in &batch.lines {
+            for (i, (line_no, parsed)) in batch.lines.iter().enumerate() {
+                // The parser's strings are on another core: start loading the
+                // next event's while this one is ingested.
+                if let Some((_, Ok(next))) = batch.lines.get(i + 1) {
+                    prefetch(next.host().as_bytes());
+                    if let Event::Net(n) = next {
+                        prefetch(n.sni.as_deref().unwrap_or_default().as_bytes());
+                    }
+                }
                 let line_no = *line_no;
                 match parsed {
                     Ok(ev) => {
@@ -310,6 +318,22 @@ fn parse_batches(
             return;
         }
     }
+}
+
+/// Asks the CPU to start loading bytes about to be read: data made on
+/// another core (a parsed event, a chunk of lines) otherwise makes its first
+/// reader wait. Only a hint; a no-op off x86-64.
+#[inline]
+pub(crate) fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..bytes.len()).step_by(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults and reads nothing the program
+        // sees; the address is inside `bytes`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(off).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// Bytes read from the input at a time. At least the input's own buffer

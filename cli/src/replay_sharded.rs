@@ -25,7 +25,7 @@ use outflow_core::baseline::FleetBaseline;
 use outflow_core::telemetry::{parse_line_bytes, ParseError};
 use outflow_core::{Alert, Engine, EngineStats};
 
-use crate::replay::{close_idle_hosts, trim_newline, LineReader, ReplaySummary};
+use crate::replay::{close_idle_hosts, prefetch, trim_newline, LineReader, ReplaySummary};
 
 /// How the input is cut and how often shards swap baselines.
 #[derive(Clone, Copy, Debug)]
@@ -414,22 +414,6 @@ fn run_engine(
     engine.flush();
     let flushed = engine.drain_alerts();
     Ok((events, engine.stats(), flushed, tally))
-}
-
-/// Asks the CPU to start loading a line the engine parses next: chunks are
-/// written on another core, and without this every line's first read waits
-/// for its bytes. Only a hint; a no-op off x86-64.
-#[inline]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for off in (0..bytes.len()).step_by(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch never faults and reads nothing the program
-        // sees; the address is inside `bytes`.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(off).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
 
 impl ParseTally {
