@@ -42,6 +42,8 @@ pub const CHUNK_LINES: usize = 1024;
 /// Default chunks between exchanges (262,144 lines, as with the earlier
 /// 64 chunks of 4096: the same exchange points, so the same alerts).
 pub const EXCHANGE_CHUNKS: u64 = 256;
+/// Lines between looks for idle hosts to close.
+const IDLE_LINES: usize = 4096;
 /// Messages in flight per channel: bounds memory.
 const IN_FLIGHT: usize = 4;
 /// Rejected-line examples kept.
@@ -166,7 +168,6 @@ pub fn run_sharded(
             .zip(spent_rx)
             .map(|((chunks, to), spent)| scope.spawn(move || route_chunks(chunks, to, spent)))
             .collect();
-        let ex = opts.exchange_chunks;
         let engines: Vec<_> = engines
             .into_iter()
             .zip(from_parser)
@@ -178,7 +179,7 @@ pub fn run_sharded(
                     lines: spent_tx.clone(),
                     chunks: recycle_tx.clone(),
                 };
-                scope.spawn(move || run_engine(w, n, ex, engine, parts, back, to, from, done))
+                scope.spawn(move || run_engine(w, n, opts, engine, parts, back, to, from, done))
             })
             .collect();
         drop(recycle_tx);
@@ -342,7 +343,7 @@ type EngineResult = anyhow::Result<(u64, EngineStats, Vec<Alert>, ParseTally)>;
 fn run_engine(
     me: usize,
     n: usize,
-    exchange_chunks: u64,
+    opts: ShardOptions,
     mut engine: Engine,
     parts: Vec<Receiver<Part>>,
     back: Recycle,
@@ -352,6 +353,10 @@ fn run_engine(
 ) -> EngineResult {
     let mut events = 0u64;
     let mut tally = ParseTally::default();
+    let exchange_chunks = opts.exchange_chunks;
+    // Idle hosts are looked for every IDLE_LINES lines, whatever the chunk
+    // size (the look visits every host).
+    let idle_chunks = (IDLE_LINES / opts.chunk_lines).max(1) as u64;
     for c in 0u64.. {
         // Chunk c comes from router c mod n; a closed channel is the end.
         let p = (c % n as u64) as usize;
@@ -376,8 +381,10 @@ fn run_engine(
                 Err(error) => tally.reject(l.no, &error),
             }
         }
-        close_idle_hosts(&mut engine);
-        alerts.extend(engine.drain_alerts());
+        if (c + 1) % idle_chunks == 0 {
+            close_idle_hosts(&mut engine);
+            alerts.extend(engine.drain_alerts());
+        }
         let Part {
             chunk,
             lines,
