@@ -386,44 +386,6 @@ impl<'r> LineReader<'r> {
         }
     }
 
-    /// Appends up to `max` whole lines (newlines included, a last line
-    /// without one counted as a line) to `out` with one copy per block read;
-    /// returns how many, 0 at the end. Splits exactly as `next_line` does.
-    pub(crate) fn read_lines(&mut self, max: usize, out: &mut Vec<u8>) -> io::Result<usize> {
-        let mut lines = 0;
-        // Unread bytes known to hold no newline (a long line over small reads
-        // is scanned once, not once per read).
-        let mut searched = 0;
-        while lines < max {
-            let avail = &self.buf[self.start..self.end];
-            // Bytes up to and including the last newline taken.
-            let mut took = 0;
-            for p in memchr::memchr_iter(b'\n', &avail[searched..]) {
-                lines += 1;
-                took = searched + p + 1;
-                if lines == max {
-                    break;
-                }
-            }
-            out.extend_from_slice(&avail[..took]);
-            self.start += took;
-            searched = avail.len() - took;
-            if lines == max {
-                break;
-            }
-            // What is left holds no newline: read more, or it is the last line.
-            if self.eof || !self.fill()? {
-                if self.start < self.end {
-                    out.extend_from_slice(&self.buf[self.start..self.end]);
-                    self.start = self.end;
-                    lines += 1;
-                }
-                break;
-            }
-        }
-        Ok(lines)
-    }
-
     /// Reads more after the unread bytes (moved to the front); false at
     /// the end of the input.
     fn fill(&mut self) -> io::Result<bool> {
@@ -726,56 +688,6 @@ mod tests {
                     "input of {} bytes, reads of {step}",
                     input.len()
                 );
-            }
-        }
-    }
-
-    /// `read_lines` cuts the same lines as `next_line`, whatever the count
-    /// asked for and the read sizes.
-    #[test]
-    fn read_lines_takes_whole_lines_like_next_line() {
-        let long = "y".repeat(READ_BLOCK + 5);
-        let inputs: Vec<String> = vec![
-            String::new(),
-            "\n".into(),
-            "a".into(),
-            "a\nb".into(),
-            "a\r\n\nb\n".into(),
-            format!("a\n{long}\nb\nc"),
-            (0..3000).map(|i| format!("line {i}\n")).collect(),
-        ];
-        for input in &inputs {
-            let want = lines_by_read_until(input.as_bytes());
-            for step in [1, 5, 1 << 20] {
-                for max in [1, 2, 7, 4096] {
-                    let mut r = BufReader::with_capacity(
-                        7,
-                        Trickle {
-                            data: input.as_bytes().to_vec(),
-                            at: 0,
-                            step,
-                        },
-                    );
-                    let mut reader = LineReader::new(&mut r);
-                    let mut got = Vec::new();
-                    loop {
-                        let mut block = Vec::new();
-                        let n = reader.read_lines(max, &mut block).unwrap();
-                        if n == 0 {
-                            assert!(block.is_empty());
-                            break;
-                        }
-                        assert!(n <= max);
-                        let lines = lines_by_read_until(&block);
-                        assert_eq!(lines.len(), n, "count of lines in a block");
-                        got.extend(lines);
-                    }
-                    assert!(
-                        got == want,
-                        "input of {} bytes, reads of {step}, {max} lines at a time",
-                        input.len()
-                    );
-                }
             }
         }
     }

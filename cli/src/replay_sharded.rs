@@ -25,7 +25,7 @@ use outflow_core::baseline::FleetBaseline;
 use outflow_core::telemetry::{parse_line_bytes, ParseError};
 use outflow_core::{Alert, Engine, EngineStats};
 
-use crate::replay::{close_idle_hosts, prefetch, trim_newline, LineReader, ReplaySummary};
+use crate::replay::{close_idle_hosts, prefetch, trim_newline, ReplaySummary};
 
 /// How the input is cut and how often shards swap baselines.
 #[derive(Clone, Copy, Debug)]
@@ -42,6 +42,9 @@ pub const CHUNK_LINES: usize = 1024;
 /// Default chunks between exchanges (262,144 lines, as with the earlier
 /// 64 chunks of 4096: the same exchange points, so the same alerts).
 pub const EXCHANGE_CHUNKS: u64 = 256;
+/// Input read at a time: more than the input's own buffer (1 MiB, see
+/// `open_input`), so it is read straight into the block its chunks share.
+const BLOCK: usize = 2 << 20;
 /// Lines between looks for idle hosts to close.
 const IDLE_LINES: usize = 4096;
 /// Messages in flight per channel: bounds memory.
@@ -49,13 +52,22 @@ const IN_FLIGHT: usize = 4;
 /// Rejected-line examples kept.
 const EXAMPLES: usize = 20;
 
+/// Whole lines, newlines included: `block[start..end]`. The chunks cut from
+/// one block of input share it.
 struct RawChunk {
-    /// Whole lines, newlines included.
-    data: Vec<u8>,
+    block: Arc<Vec<u8>>,
+    start: usize,
+    end: usize,
     /// Line number of the chunk's first line (1-based).
     first_line: u64,
     /// Lines in the chunk (blank ones included).
     lines: u64,
+}
+
+impl RawChunk {
+    fn data(&self) -> &[u8] {
+        &self.block[self.start..self.end]
+    }
 }
 
 /// An engine's local baseline at an exchange point.
@@ -147,9 +159,9 @@ pub fn run_sharded(
             }
         }
     }
-    // Engines → reader: chunk buffers to fill again, sent by the last engine
-    // done with a chunk (a fresh ~1 MiB buffer per chunk costs page faults
-    // and zeroing in the kernel).
+    // Engines → reader: blocks to fill again, sent by the last engine done
+    // with a block's chunks (a fresh block costs page faults and zeroing in
+    // the kernel).
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(2 * n * IN_FLIGHT);
     // Engine → router p: spent line lists.
     let (spent_tx, spent_rx): (Vec<_>, Vec<_>) = (0..n)
@@ -161,7 +173,7 @@ pub fn run_sharded(
 
     let mut s = ReplaySummary::default();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        scope.spawn(move || read_chunks(input, opts.chunk_lines, chunk_tx, recycle_rx));
+        scope.spawn(move || read_chunks(input, opts.chunk_lines, BLOCK, chunk_tx, recycle_rx));
         let routers: Vec<_> = chunk_rx
             .into_iter()
             .zip(to_engine)
@@ -252,39 +264,89 @@ pub fn run_sharded(
     Ok(s)
 }
 
+/// Cuts the input into chunks of `chunk_lines` lines (the last may have
+/// fewer), read `block_size` bytes at a time into blocks that the chunks
+/// share; chunk `c` goes to `to[c % to.len()]`.
 fn read_chunks(
     input: &mut (dyn BufRead + Send),
     chunk_lines: usize,
+    block_size: usize,
     to: Vec<SyncSender<io::Result<RawChunk>>>,
     recycled: Receiver<Vec<u8>>,
 ) {
-    let mut reader = LineReader::new(input);
+    let chunk_lines = chunk_lines as u64;
+    let mut c = 0usize;
+    let mut send = |chunk: io::Result<RawChunk>| {
+        let sent = to[c % to.len()].send(chunk).is_ok();
+        c += 1;
+        sent
+    };
     let mut line_no = 0u64;
-    for c in 0usize.. {
-        let data = match recycled.try_recv() {
-            Ok(mut d) => {
-                d.clear();
-                d
+    // `block[..filled]`: input not yet in a chunk, from a line start.
+    let mut block = vec![0u8; block_size];
+    let mut filled = 0;
+    let mut eof = false;
+    loop {
+        while !eof && filled < block.len() {
+            match input.read(&mut block[filled..]) {
+                Ok(0) => eof = true,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    send(Err(e));
+                    return;
+                }
             }
-            Err(_) => Vec::with_capacity(chunk_lines.min(1 << 16) * 200),
-        };
-        let mut chunk = RawChunk {
-            data,
-            first_line: line_no + 1,
-            lines: 0,
-        };
-        match reader.read_lines(chunk_lines, &mut chunk.data) {
-            Ok(n) => {
-                chunk.lines = n as u64;
-                line_no += n as u64;
+        }
+        // Whole chunks: (start, end, lines).
+        let mut cuts = Vec::new();
+        let (mut from, mut lines) = (0, 0u64);
+        for p in memchr::memchr_iter(b'\n', &block[..filled]) {
+            lines += 1;
+            if lines == chunk_lines {
+                cuts.push((from, p + 1, lines));
+                (from, lines) = (p + 1, 0);
             }
-            Err(e) => {
-                let _ = to[c % to.len()].send(Err(e));
+        }
+        if eof && from < filled {
+            // The last chunk, and a last line without a newline.
+            let unterminated = block[filled - 1] != b'\n';
+            cuts.push((from, filled, lines + u64::from(unterminated)));
+            from = filled;
+        }
+        if cuts.is_empty() {
+            if eof {
+                return;
+            }
+            // Lines too long for a chunk to fit: a bigger block.
+            block.resize(block.len() * 2, 0);
+            continue;
+        }
+        // What is left starts the next block.
+        let mut next = recycled.try_recv().unwrap_or_default();
+        let left = filled - from;
+        let want = (left + block_size / 2).max(block_size);
+        if next.len() < want {
+            next.resize(want, 0);
+        }
+        next[..left].copy_from_slice(&block[from..filled]);
+        filled = left;
+        let shared = Arc::new(std::mem::replace(&mut block, next));
+        for (start, end, lines) in cuts {
+            let chunk = RawChunk {
+                block: shared.clone(),
+                start,
+                end,
+                first_line: line_no + 1,
+                lines,
+            };
+            line_no += lines;
+            if !send(Ok(chunk)) {
                 return;
             }
         }
-        if chunk.lines == 0 || to[c % to.len()].send(Ok(chunk)).is_err() {
-            // Dropping the senders tells every parser the input ended.
+        if eof && filled == 0 {
+            // Dropping the senders tells every router the input ended.
             return;
         }
     }
@@ -313,7 +375,7 @@ fn route_chunks(
         let mut parts: Vec<Vec<LineRef>> = (0..n).map(|_| pool.pop().unwrap_or_default()).collect();
         router.route_chunk(&chunk, &mut parts);
         last_line = last_line.max(chunk.first_line + chunk.lines - 1);
-        let chunk_bytes = chunk.data.len() as u64;
+        let chunk_bytes = chunk.data().len() as u64;
         for (w, (lines, tx)) in parts.into_iter().zip(&to).enumerate() {
             let bytes = if w == 0 { chunk_bytes } else { 0 };
             let part = Part {
@@ -364,7 +426,7 @@ fn run_engine(
             break;
         };
         let mut alerts = Vec::new();
-        let data = part.chunk.data.as_slice();
+        let data = part.chunk.data();
         for (i, l) in part.lines.iter().enumerate() {
             if let Some(next) = part.lines.get(i + 1) {
                 prefetch(&data[next.start..next.end]);
@@ -392,8 +454,9 @@ fn run_engine(
         } = part;
         // Back to be reused; dropped here if the other side has enough.
         let _ = back.lines[p].try_send(lines);
-        if let Ok(raw) = Arc::try_unwrap(chunk) {
-            let _ = back.chunks.try_send(raw.data);
+        // The last user of a block sends it back to the reader.
+        if let Some(block) = Arc::into_inner(chunk).and_then(|c| Arc::into_inner(c.block)) {
+            let _ = back.chunks.try_send(block);
         }
         if done.send(ChunkDone { alerts, bytes }).is_err() {
             break;
@@ -451,7 +514,7 @@ impl Router {
     /// Every line that is not blank, with the engine that owns its host.
     fn route_chunk(&self, chunk: &RawChunk, parts: &mut [Vec<LineRef>]) {
         let n = parts.len();
-        let data = chunk.data.as_slice();
+        let data = chunk.data();
         let mut start = 0;
         let mut no = chunk.first_line;
         while start < data.len() {
@@ -536,13 +599,62 @@ mod tests {
         }
     }
 
+    /// Chunks hold `chunk_lines` whole lines (the last may hold fewer), are
+    /// numbered on, and together are the input byte for byte, whatever the
+    /// block size: lines across blocks, lines longer than a block, a last
+    /// line without a newline.
+    #[test]
+    fn chunks_are_whole_lines_in_order() {
+        let long = "z".repeat(100);
+        let inputs: Vec<String> = vec![
+            String::new(),
+            "a".into(),
+            "a\n".into(),
+            "a\nb".into(),
+            (0..50).map(|i| format!("line {i}\n")).collect(),
+            (0..50)
+                .map(|i| format!("{i}{}\n", &long[..i]))
+                .collect::<String>()
+                + "end",
+        ];
+        for input in &inputs {
+            for block in [4, 16, 1000, 1 << 20] {
+                for chunk_lines in [1, 3, 7, 1024] {
+                    let (to, from) = sync_channel(1 << 12);
+                    let (_back, recycled) = sync_channel(4);
+                    let mut r = std::io::BufReader::with_capacity(3, input.as_bytes());
+                    read_chunks(&mut r, chunk_lines, block, vec![to], recycled);
+                    let chunks: Vec<RawChunk> = from.iter().map(|c| c.unwrap()).collect();
+                    let what = format!(
+                        "{} bytes, blocks of {block}, {chunk_lines} lines",
+                        input.len()
+                    );
+                    let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data().to_vec()).collect();
+                    assert_eq!(joined, input.as_bytes(), "{what}");
+                    let mut next_line = 1;
+                    for (i, c) in chunks.iter().enumerate() {
+                        assert_eq!(c.first_line, next_line, "{what}");
+                        let lines = c.data().split_inclusive(|&b| b == b'\n').count() as u64;
+                        assert_eq!(c.lines, lines, "{what}");
+                        if i + 1 < chunks.len() {
+                            assert_eq!(c.lines, chunk_lines as u64, "{what}");
+                        }
+                        next_line += c.lines;
+                    }
+                }
+            }
+        }
+    }
+
     /// Blank lines are skipped; every other line is routed once, with its
     /// number and its bytes.
     #[test]
     fn a_chunk_is_routed_line_by_line() {
         let text = "{\"host\":\"a\"}\n\n  \r\n{\"host\":\"b\"}\r\nbad\n{\"host\":\"c\"}";
         let chunk = RawChunk {
-            data: text.as_bytes().to_vec(),
+            block: Arc::new(format!("ignored\n{text}\nignored").into_bytes()),
+            start: 8,
+            end: 8 + text.len(),
             first_line: 10,
             lines: 6,
         };
@@ -554,7 +666,7 @@ mod tests {
             .map(|l| {
                 (
                     l.no,
-                    std::str::from_utf8(&chunk.data[l.start..l.end]).unwrap(),
+                    std::str::from_utf8(&chunk.data()[l.start..l.end]).unwrap(),
                 )
             })
             .collect();
@@ -574,7 +686,7 @@ mod tests {
         );
         for (w, p) in parts.iter().enumerate() {
             for l in p.iter().filter(|l| l.no != 14) {
-                let host = std::str::from_utf8(&chunk.data[l.start + 9..l.end - 2]).unwrap();
+                let host = std::str::from_utf8(&chunk.data()[l.start + 9..l.end - 2]).unwrap();
                 assert_eq!(shard_of(host, 2), w, "line {}", l.no);
             }
         }
