@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::Context;
 use outflow_core::baseline::AppDayStats;
 use outflow_core::baseline::FleetBaseline;
-use outflow_core::telemetry::{parse_line_bytes, ParseError};
+use outflow_core::telemetry::{parse_line_bytes, parse_line_bytes_ref, ParseError};
 use outflow_core::{Alert, Engine, EngineStats};
 
 use crate::replay::{close_idle_hosts, prefetch, trim_newline, ReplaySummary};
@@ -431,11 +431,11 @@ fn run_engine(
             if let Some(next) = part.lines.get(i + 1) {
                 prefetch(&data[next.start..next.end]);
             }
-            match parse_line_bytes(&data[l.start..l.end]) {
+            match parse_line_bytes_ref(&data[l.start..l.end]) {
                 Ok(ev) => {
                     debug_assert_eq!(shard_of(ev.host(), n), me, "line {} routed", l.no);
                     events += 1;
-                    engine.ingest(&ev);
+                    engine.ingest_ref(&ev);
                     if engine.pending_alerts() > 0 {
                         alerts.extend(engine.drain_alerts());
                     }

@@ -24,7 +24,7 @@ use crate::config::EngineConfig;
 use crate::policy::Policy;
 use crate::score::{score_finding, score_only, FindingKind, ScoreInput};
 use crate::strtable::StrTable;
-use crate::telemetry::{DnsRecord, Event, NetRecord, ProcessEnd, ProcessStart};
+use crate::telemetry::{DnsRecord, Event, EventRef, NetView, ProcessEnd, ProcessStart};
 use crate::time::Timestamp;
 
 /// Counters of what the engine did, for summaries and metrics.
@@ -635,8 +635,37 @@ impl Engine {
     }
 
     pub fn ingest(&mut self, event: &Event) {
+        let hid = match event {
+            Event::Net(n) => return self.ingest_net(&NetView::of(n)),
+            _ => self.begin_event(event.ts(), event.host()),
+        };
+        match event {
+            Event::Host(_) | Event::Net(_) => {}
+            Event::ProcessStart(p) => self.on_process_start(hid, p),
+            Event::ProcessEnd(p) => self.on_process_end(hid, p),
+            Event::Dns(d) => self.on_dns(hid, d),
+        }
+        self.end_event(hid, event.ts());
+    }
+
+    /// `ingest` of a parsed line (a `net` record borrowed from it).
+    pub fn ingest_ref(&mut self, event: &EventRef<'_>) {
+        match event {
+            EventRef::Net(n) => self.ingest_net(n),
+            EventRef::Other(e) => self.ingest(e),
+        }
+    }
+
+    /// `ingest` of a `net` record.
+    pub fn ingest_net(&mut self, n: &NetView<'_>) {
+        let hid = self.begin_event(n.ts, &n.host);
+        self.on_net(hid, n);
+        self.end_event(hid, n.ts);
+    }
+
+    /// Counts an event at `ts` from `host`; the host's index.
+    fn begin_event(&mut self, ts: Timestamp, host: &str) -> usize {
         self.stats.events += 1;
-        let ts = event.ts();
         if self.first_ts.is_none() {
             self.first_ts = Some(ts);
         }
@@ -647,15 +676,12 @@ impl Engine {
                 self.prune(day);
             }
         }
-        let hid = self.host_index(event.host());
-        match event {
-            Event::Host(_) => {}
-            Event::ProcessStart(p) => self.on_process_start(hid, p),
-            Event::ProcessEnd(p) => self.on_process_end(hid, p),
-            Event::Net(n) => self.on_net(hid, n),
-            Event::Dns(d) => self.on_dns(hid, d),
-        }
-        // Close what the host's event time has moved past.
+        self.host_index(host)
+    }
+
+    /// After an event at `ts` from host `hid`: closes what the host's event
+    /// time has moved past.
+    fn end_event(&mut self, hid: usize, ts: Timestamp) {
         let lateness = self.cfg.lateness_us();
         let h = &mut self.hosts[hid];
         if ts > h.max_ts {
@@ -797,7 +823,7 @@ impl Engine {
         }
     }
 
-    fn on_net(&mut self, hid: usize, n: &NetRecord) {
+    fn on_net(&mut self, hid: usize, n: &NetView<'_>) {
         self.stats.net_records += 1;
         if self.internal.contains(&n.dst_ip) {
             self.stats.internal_records += 1;
@@ -1573,7 +1599,7 @@ fn round2(x: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::policy::{ApprovedService, Suppression};
-    use crate::telemetry::{HostEvent, Transport};
+    use crate::telemetry::{HostEvent, NetRecord, Transport};
 
     const T0: i64 = 1_767_571_200_000_000; // 2026-01-05T00:00:00Z
 

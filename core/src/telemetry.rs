@@ -74,6 +74,78 @@ pub struct NetRecord {
     pub domain: Option<String>,
 }
 
+/// A `net` record whose strings may borrow from the line it was parsed
+/// from: the replay path parses and ingests a record without allocating.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetView<'a> {
+    pub ts: Timestamp,
+    pub host: Cow<'a, str>,
+    pub pid: u32,
+    pub proto: Transport,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    pub sni: Option<Cow<'a, str>>,
+    pub domain: Option<Cow<'a, str>>,
+}
+
+impl<'a> NetView<'a> {
+    /// A view of an owned record.
+    pub fn of(n: &'a NetRecord) -> Self {
+        NetView {
+            ts: n.ts,
+            host: Cow::Borrowed(&n.host),
+            pid: n.pid,
+            proto: n.proto,
+            dst_ip: n.dst_ip,
+            dst_port: n.dst_port,
+            bytes_out: n.bytes_out,
+            bytes_in: n.bytes_in,
+            sni: n.sni.as_deref().map(Cow::Borrowed),
+            domain: n.domain.as_deref().map(Cow::Borrowed),
+        }
+    }
+
+    pub fn into_owned(self) -> NetRecord {
+        NetRecord {
+            ts: self.ts,
+            host: self.host.into_owned(),
+            pid: self.pid,
+            proto: self.proto,
+            dst_ip: self.dst_ip,
+            dst_port: self.dst_port,
+            bytes_out: self.bytes_out,
+            bytes_in: self.bytes_in,
+            sni: self.sni.map(Cow::into_owned),
+            domain: self.domain.map(Cow::into_owned),
+        }
+    }
+}
+
+/// A parsed line: a `net` record as a view of the line, anything else owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventRef<'a> {
+    Net(NetView<'a>),
+    Other(Event),
+}
+
+impl EventRef<'_> {
+    pub fn host(&self) -> &str {
+        match self {
+            EventRef::Net(n) => &n.host,
+            EventRef::Other(e) => e.host(),
+        }
+    }
+
+    pub fn into_owned(self) -> Event {
+        match self {
+            EventRef::Net(n) => Event::Net(n.into_owned()),
+            EventRef::Other(e) => e,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsRecord {
     pub ts: Timestamp,
@@ -326,6 +398,13 @@ fn own(c: Option<Cow<'_, str>>) -> Option<String> {
 
 /// Parses one line of telemetry JSONL.
 pub fn parse_line(line: &str) -> Result<Event, ParseError> {
+    parse_line_ref(line).map(EventRef::into_owned)
+}
+
+/// Parses one line of telemetry JSONL; a `net` record's strings borrow from
+/// `line` where they hold no escapes. The same events and errors as
+/// `parse_line`.
+pub fn parse_line_ref(line: &str) -> Result<EventRef<'_>, ParseError> {
     // The scanner skips the same ASCII whitespace `trim` would; a line with
     // other whitespace at its ends takes the general path.
     let mut raw = RawLine::default();
@@ -336,13 +415,21 @@ pub fn parse_line(line: &str) -> Result<Event, ParseError> {
     if trimmed.is_empty() {
         return Err(ParseError::Empty);
     }
-    parse_line_serde(trimmed)
+    parse_line_serde(trimmed).map(EventRef::Other)
+}
+
+/// `parse_line_ref` of bytes (invalid UTF-8 is an error).
+pub fn parse_line_bytes_ref(line: &[u8]) -> Result<EventRef<'_>, ParseError> {
+    match std::str::from_utf8(line) {
+        Ok(s) => parse_line_ref(s),
+        Err(e) => Err(ParseError::NotJson(format!("invalid UTF-8: {e}"))),
+    }
 }
 
 /// The general path: serde_json, then a diagnosis of what is wrong.
 fn parse_line_serde(trimmed: &str) -> Result<Event, ParseError> {
     match serde_json::from_str::<RawLine>(trimmed) {
-        Ok(mut raw) => from_raw(&mut raw),
+        Ok(mut raw) => from_raw(&mut raw).map(EventRef::into_owned),
         Err(_) => Err(diagnose(trimmed)),
     }
 }
@@ -386,7 +473,7 @@ fn parse_plain_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
     (i == b.len()).then(|| Ipv4Addr::from(octets))
 }
 
-fn from_raw(raw: &mut RawLine<'_>) -> Result<Event, ParseError> {
+fn from_raw<'a>(raw: &mut RawLine<'a>) -> Result<EventRef<'a>, ParseError> {
     let kind = raw.kind.take().ok_or_else(|| ParseError::Missing {
         kind: "?".into(),
         field: "type",
@@ -407,38 +494,38 @@ fn from_raw(raw: &mut RawLine<'_>) -> Result<Event, ParseError> {
             problem: "must not be empty".into(),
         });
     }
-    let host = host.into_owned();
     // Arms are compared in order: the most common kind first.
-    Ok(match kind.as_ref() {
-        "net" => {
-            let ip = raw.dst_ip.as_deref().ok_or_else(|| missing("dst_ip"))?;
-            let dst_ip = parse_ip(ip).ok_or_else(|| ParseError::Invalid {
-                field: "dst_ip",
-                problem: format!("is not an IP address: {:?}", truncate(ip)),
-            })?;
-            let proto = match raw.proto.as_deref() {
-                None | Some("tcp") | Some("TCP") => Transport::Tcp,
-                Some("udp") | Some("UDP") => Transport::Udp,
-                Some(other) => {
-                    return Err(ParseError::Invalid {
-                        field: "proto",
-                        problem: format!("must be \"tcp\" or \"udp\", got {:?}", truncate(other)),
-                    })
-                }
-            };
-            Event::Net(NetRecord {
-                ts,
-                host,
-                pid: raw.pid.ok_or_else(|| missing("pid"))?,
-                proto,
-                dst_ip,
-                dst_port: raw.dst_port.ok_or_else(|| missing("dst_port"))?,
-                bytes_out: raw.bytes_out.ok_or_else(|| missing("bytes_out"))?,
-                bytes_in: raw.bytes_in.ok_or_else(|| missing("bytes_in"))?,
-                sni: own(raw.sni.take()).filter(|s| !s.is_empty()),
-                domain: own(raw.domain.take()).filter(|s| !s.is_empty()),
-            })
-        }
+    if kind == "net" {
+        let ip = raw.dst_ip.as_deref().ok_or_else(|| missing("dst_ip"))?;
+        let dst_ip = parse_ip(ip).ok_or_else(|| ParseError::Invalid {
+            field: "dst_ip",
+            problem: format!("is not an IP address: {:?}", truncate(ip)),
+        })?;
+        let proto = match raw.proto.as_deref() {
+            None | Some("tcp") | Some("TCP") => Transport::Tcp,
+            Some("udp") | Some("UDP") => Transport::Udp,
+            Some(other) => {
+                return Err(ParseError::Invalid {
+                    field: "proto",
+                    problem: format!("must be \"tcp\" or \"udp\", got {:?}", truncate(other)),
+                })
+            }
+        };
+        return Ok(EventRef::Net(NetView {
+            ts,
+            host,
+            pid: raw.pid.ok_or_else(|| missing("pid"))?,
+            proto,
+            dst_ip,
+            dst_port: raw.dst_port.ok_or_else(|| missing("dst_port"))?,
+            bytes_out: raw.bytes_out.ok_or_else(|| missing("bytes_out"))?,
+            bytes_in: raw.bytes_in.ok_or_else(|| missing("bytes_in"))?,
+            sni: raw.sni.take().filter(|s| !s.is_empty()),
+            domain: raw.domain.take().filter(|s| !s.is_empty()),
+        }));
+    }
+    let host = host.into_owned();
+    Ok(EventRef::Other(match kind.as_ref() {
         "host" => Event::Host(HostEvent {
             ts,
             host,
@@ -483,7 +570,7 @@ fn from_raw(raw: &mut RawLine<'_>) -> Result<Event, ParseError> {
             })
         }
         other => return Err(ParseError::UnknownType(truncate(other))),
-    })
+    }))
 }
 
 fn truncate(s: &str) -> String {
@@ -661,6 +748,50 @@ pub fn parse_line_bytes(line: &[u8]) -> Result<Event, ParseError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A `net` line parsed as a view borrows its strings where they hold no
+    /// escapes, and is the same record `parse_line` gives.
+    #[test]
+    fn net_views_borrow_from_the_line() {
+        let plain = r#"{"type":"net","ts":"2024-05-01T12:00:01Z","host":"ws-1","pid":42,"dst_ip":"162.125.1.1","dst_port":443,"bytes_out":1000,"bytes_in":10,"sni":"content.dropboxapi.com"}"#;
+        let escaped = r#"{"type":"net","ts":"2024-05-01T12:00:01Z","host":"ws\u002d1","pid":42,"dst_ip":"162.125.1.1","dst_port":443,"bytes_out":1000,"bytes_in":10,"sni":"","domain":"a.example"}"#;
+        let spaced = r#" { "type" : "net", "ts":"2024-05-01T12:00:01Z","host":"h","pid":1,"dst_ip":"::1","dst_port":443,"bytes_out":1,"bytes_in":2 } "#;
+        for line in [plain, escaped, spaced] {
+            let view = parse_line_ref(line).unwrap();
+            assert_eq!(
+                view.clone().into_owned(),
+                parse_line(line).unwrap(),
+                "{line}"
+            );
+        }
+        // An escape the fast scanner leaves to serde: an owned record.
+        let Event::Net(n) = parse_line_ref(escaped).unwrap().into_owned() else {
+            panic!("not a net record");
+        };
+        assert_eq!(
+            (n.host.as_str(), n.sni, n.domain.as_deref()),
+            ("ws-1", None, Some("a.example"))
+        );
+        let EventRef::Net(n) = parse_line_ref(plain).unwrap() else {
+            panic!("not a net view");
+        };
+        assert!(matches!(n.host, Cow::Borrowed("ws-1")));
+        assert!(matches!(
+            n.sni,
+            Some(Cow::Borrowed("content.dropboxapi.com"))
+        ));
+        // Other kinds come owned; errors are the same.
+        let end = r#"{"type":"process_end","ts":"2024-05-01T12:01:00Z","host":"h","pid":1}"#;
+        assert!(matches!(
+            parse_line_ref(end),
+            Ok(EventRef::Other(Event::ProcessEnd(_)))
+        ));
+        let bad = r#"{"type":"net","ts":"2024-05-01T12:00:01Z","host":"h","pid":1}"#;
+        assert_eq!(
+            parse_line_ref(bad).unwrap_err(),
+            parse_line(bad).unwrap_err()
+        );
+    }
 
     #[test]
     fn parses_every_type() {
