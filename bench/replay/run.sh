@@ -6,10 +6,12 @@
 # (OUTFLOW_BIN=path skips the build).
 #
 # Outflow runs twice: one engine (`--shards 1`: a parser thread and an engine
-# thread) and two engines (`--shards 2`, hosts split, parsing shared,
-# baselines swapped). DuckDB runs with 2 threads. Reported per run: events/s
-# of wall time, events per CPU-second (user+sys; fair when the machine is
-# shared), peak RSS. Ratios are taken against DuckDB in the same run.
+# thread) and two engines (`--shards 2`, hosts split over two engines that
+# parse their own lines, baselines swapped). DuckDB runs with 2 threads.
+# RUNS rounds (default 3) of the three; reported per run and as medians:
+# events/s of wall time, events per CPU-second (user+sys; fair when the
+# machine is shared), peak RSS. Ratios are taken against DuckDB in the same
+# run, and between medians.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 hosts=${1:-1000}
@@ -39,20 +41,38 @@ alerts = sum(1 for _ in open(sys.argv[3]))
 print(round(s["events_per_sec"]), round(s["events"] / cpu) if cpu > 0 else 0, int(rss) // 1024, alerts)
 PY
 }
-read -r o1_eps o1_cpu o1_rss o1_alerts <<< "$(run_outflow 1)"
-read -r o2_eps o2_cpu o2_rss o2_alerts <<< "$(run_outflow 2)"
-duck=$(python3 bench/replay/duckdb_join.py "$work/fleet.jsonl" 2)
-read -r d_eps d_cpu d_rss <<< "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["events_per_sec"], d["events_per_cpu_sec"], round(d["peak_rss_mib"]))' "$duck")"
+# Runs: RUNS rounds (default 3), each Outflow one engine, two engines and
+# DuckDB back to back, so the three see the same state of the machine.
+runs=${RUNS:-3}
+: > "$work/rows"
+for r in $(seq "$runs"); do
+  read -r o1_eps o1_cpu o1_rss o1_alerts <<< "$(run_outflow 1)"
+  read -r o2_eps o2_cpu o2_rss o2_alerts <<< "$(run_outflow 2)"
+  duck=$(python3 bench/replay/duckdb_join.py "$work/fleet.jsonl" 2)
+  read -r d_eps d_cpu d_rss <<< "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["events_per_sec"], d["events_per_cpu_sec"], round(d["peak_rss_mib"]))' "$duck")"
+  echo "$o1_eps $o1_cpu $o1_rss $o2_eps $o2_cpu $o2_rss $d_eps $d_cpu $d_rss" >> "$work/rows"
+done
 
-printf '%-26s %12s %16s %9s\n' "" "events/s" "events/CPU-s" "peak RSS"
-printf '%-26s %12s %16s %6s MiB   (%s alerts)\n' "outflow --shards 1" "$o1_eps" "$o1_cpu" "$o1_rss" "$o1_alerts"
-printf '%-26s %12s %16s %6s MiB   (%s alerts)\n' "outflow --shards 2" "$o2_eps" "$o2_cpu" "$o2_rss" "$o2_alerts"
-printf '%-26s %12s %16s %6s MiB\n' "duckdb (2 threads)" "$d_eps" "$d_cpu" "$d_rss"
-python3 - "$o1_eps" "$o2_eps" "$d_eps" "$o1_cpu" "$o2_cpu" "$d_cpu" <<'PY'
-import sys
-o1, o2, d, c1, c2, dc = map(float, sys.argv[1:])
-print(f"ratio vs duckdb, events/s:      shards 1 {o1/d:.2f}x, shards 2 {o2/d:.2f}x   (target >= 2x)")
-print(f"ratio vs duckdb, events/CPU-s:  shards 1 {c1/dc:.2f}x, shards 2 {c2/dc:.2f}x")
+python3 - "$work/rows" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
+names = ["outflow --shards 1", "outflow --shards 2", "duckdb (2 threads)"]
+print(f"{'run':<5}{'':22}{'events/s':>12}{'events/CPU-s':>15}{'peak RSS':>10}{'vs duckdb':>11}")
+for i, r in enumerate(rows, 1):
+    for k, name in enumerate(names):
+        eps, cpu, rss = r[3 * k:3 * k + 3]
+        ratio = f"{eps / r[6]:.2f}x" if k < 2 else ""
+        print(f"{i:<5}{name:22}{eps:12.0f}{cpu:15.0f}{rss:7.0f} MiB{ratio:>11}")
+med = [statistics.median(r[j] for r in rows) for j in range(9)]
+print(f"median of {len(rows)} runs:")
+for k, name in enumerate(names):
+    print(f"     {name:22}{med[3 * k]:12.0f}{med[3 * k + 1]:15.0f}{med[3 * k + 2]:7.0f} MiB")
+for k in (0, 1):
+    per_run = [r[3 * k] / r[6] for r in rows]
+    per_cpu = [r[3 * k + 1] / r[7] for r in rows]
+    print(f"ratio vs duckdb, shards {k + 1}: events/s median {med[3 * k] / med[6]:.2f}x "
+          f"(runs {min(per_run):.2f}-{max(per_run):.2f}x), per CPU-second median "
+          f"{med[3 * k + 1] / med[7]:.2f}x (runs {min(per_cpu):.2f}-{max(per_cpu):.2f}x)   (target >= 2x)")
 PY
 echo "detection, shards 1: $($bin eval --truth "$work/truth.jsonl" --alerts "$work/alerts1.jsonl" | head -2 | tr '\n' ' ')"
 echo "detection, shards 2: $($bin eval --truth "$work/truth.jsonl" --alerts "$work/alerts2.jsonl" | head -2 | tr '\n' ' ')"
