@@ -165,6 +165,9 @@ struct ProcState {
     /// Once `day_dests` is full: the index of its smallest entry (the first
     /// of equals), if known.
     day_min: Option<u32>,
+    /// Where in `day_dests` the last record went (half of a process's
+    /// records go where its previous one did); checked before use.
+    day_hint: u32,
     /// Highest volume bucket of the day's total already judged (low and slow).
     cum_judged_bucket: u8,
     /// Where the host's (app, day) statistics were last found (a hint,
@@ -199,6 +202,7 @@ impl ProcState {
             day_dests: Vec::new(),
             day_keys: Vec::new(),
             day_min: None,
+            day_hint: 0,
             cum_judged_bucket: 0,
             day_slot: NO_SLOT,
             day_upload_windows: 0,
@@ -227,6 +231,11 @@ struct HostState {
     slots: Slots<ProcState>,
     /// Each pid's instances, oldest start first (pid reuse).
     pids: Map<u32, PidInstances>,
+    /// The process of the host's last `net` record, when it is its pid's
+    /// newest instance: (pid, slot, start). Almost half of a host's records
+    /// come from the same process as the one before; they skip `pids`.
+    /// Cleared when that pid's instances change or the slot is freed.
+    last_net: Option<(u32, u32, Timestamp)>,
     /// Slots with at least one open window (closing visits only these).
     open: Vec<u32>,
     /// Next time finished and idle processes are swept out.
@@ -250,6 +259,7 @@ impl HostState {
             max_ts: Timestamp::MIN,
             slots: Slots::default(),
             pids: Map::default(),
+            last_net: None,
             open: Vec::new(),
             next_sweep: Timestamp::MIN,
             first_day: i64::MAX,
@@ -770,6 +780,9 @@ impl Engine {
         }
         let state = ProcState::new(meta, false);
         let slot = h.slots.put(state);
+        if h.last_net.is_some_and(|(pid, _, _)| pid == p.pid) {
+            h.last_net = None;
+        }
         let mut ids = h.pids.remove(&p.pid).unwrap_or_default();
         let pos = ids.partition_point(|x| x.start <= p.ts);
         ids.insert(pos, PidInstance { slot, start: p.ts });
@@ -854,11 +867,18 @@ impl Engine {
             },
         };
         // The process: the latest start at or before ts; else app `unknown`.
-        let found = h
-            .pids
-            .get(&n.pid)
-            .and_then(|v| v.iter().rev().find(|x| x.start <= n.ts))
-            .map(|x| x.slot);
+        let found = match h.last_net {
+            Some((pid, slot, start)) if pid == n.pid && start <= n.ts => Some(slot),
+            _ => {
+                let v = h.pids.get(&n.pid);
+                let found = v.and_then(|v| v.iter().rev().find(|x| x.start <= n.ts));
+                // Remembered only if no later instance could take a later record.
+                h.last_net = found
+                    .filter(|x| v.and_then(|v| v.last()).is_some_and(|l| l.slot == x.slot))
+                    .map(|x| (n.pid, x.slot, x.start));
+                found.map(|x| x.slot)
+            }
+        };
         let slot = match found {
             Some(i) => i,
             None => {
@@ -916,7 +936,7 @@ impl Engine {
             p.day_out = p.day_out.saturating_add(n.bytes_out);
             p.day_in = p.day_in.saturating_add(n.bytes_in);
             add_day_dest(
-                (&mut p.day_keys, &mut p.day_min),
+                (&mut p.day_keys, &mut p.day_min, &mut p.day_hint),
                 &mut p.day_dests,
                 &dest,
                 32,
@@ -1090,6 +1110,9 @@ impl Engine {
                 let Some(p) = h.slots.take(slot) else {
                     continue;
                 };
+                if h.last_net.is_some_and(|(_, s, _)| s == slot) {
+                    h.last_net = None;
+                }
                 if let Some(ids) = h.pids.get_mut(&p.pid) {
                     ids.retain(|x| x.slot != slot);
                     if ids.is_empty() {
@@ -1532,18 +1555,27 @@ fn dest_key(ip: &IpAddr, port: u16) -> u64 {
 /// same entries in the same places, found by scanning words instead of
 /// whole entries.
 fn add_day_dest(
-    (keys, min): (&mut Vec<u64>, &mut Option<u32>),
+    (keys, min, hint): (&mut Vec<u64>, &mut Option<u32>, &mut u32),
     v: &mut Vec<DestAcc>,
     d: &DestAcc,
     cap: usize,
 ) {
     let key = dest_key(&d.ip, d.port);
-    let found = keys
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(i, k)| **k == key && v[*i].port == d.port && v[*i].ip == d.ip)
-        .map(|(i, _)| i);
+    // An (address, port) is in the list at most once, so the hinted entry,
+    // if it is this destination, is the one the scan would find.
+    let at_hint = v
+        .get(*hint as usize)
+        .is_some_and(|e| e.port == d.port && e.ip == d.ip);
+    let found = if at_hint {
+        Some(*hint as usize)
+    } else {
+        keys.iter()
+            .enumerate()
+            .rev()
+            .find(|(i, k)| **k == key && v[*i].port == d.port && v[*i].ip == d.ip)
+            .map(|(i, _)| i)
+    };
+    *hint = found.unwrap_or(v.len().min(cap)) as u32;
     if let Some(i) = found {
         v[i].absorb(d);
         // Only the smallest growing can change which entry is smallest.
@@ -1855,6 +1887,27 @@ mod tests {
         assert_eq!(alerts[0].app, "unknown");
         assert_eq!(alerts[0].service, "mega");
         assert_eq!(e.stats().unknown_pid_records, 2);
+    }
+
+    #[test]
+    fn a_later_instance_takes_later_records_after_an_earlier_one() {
+        // Both starts arrive first; the host's remembered process must not
+        // keep the older instance for a record after the newer one's start.
+        let mut e = Engine::new(eager(), Policy::default());
+        let alerts = run(
+            &mut e,
+            &[
+                start("h", 5, "notepad.exe", 0, None),
+                start("h", 5, "curl.exe", 100, None),
+                net("h", 5, 50, "1.1.1.1", 2 << 20, 10, Some("a.example")),
+                net("h", 5, 150, "1.1.1.1", 3 << 20, 10, Some("a.example")),
+            ],
+        );
+        let apps: Vec<(&str, u64)> = alerts
+            .iter()
+            .map(|a| (a.app.as_str(), a.bytes_out))
+            .collect();
+        assert_eq!(apps, [("notepad.exe", 2 << 20), ("curl.exe", 3 << 20)]);
     }
 
     #[test]
