@@ -131,15 +131,15 @@ pub fn run_sharded(
         opts.chunk_lines > 0 && opts.exchange_chunks > 0,
         "chunk lines and exchange interval must be positive"
     );
-    // Reader → parser p (chunks c ≡ p mod n).
+    // Reader → router p (chunks c ≡ p mod n).
     let (chunk_tx, chunk_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| sync_channel::<io::Result<RawChunk>>(IN_FLIGHT))
         .unzip();
-    // Router p → engine w: parts[p][w] / from_parser[w][p].
+    // Router p → engine w: parts[p][w] / from_router[w][p].
     let mut to_engine: Vec<Vec<SyncSender<Part>>> = (0..n).map(|_| Vec::new()).collect();
-    let mut from_parser: Vec<Vec<Receiver<Part>>> = (0..n).map(|_| Vec::new()).collect();
+    let mut from_router: Vec<Vec<Receiver<Part>>> = (0..n).map(|_| Vec::new()).collect();
     for senders in to_engine.iter_mut() {
-        for receivers in from_parser.iter_mut() {
+        for receivers in from_router.iter_mut() {
             let (tx, rx) = sync_channel::<Part>(IN_FLIGHT);
             senders.push(tx);
             receivers.push(rx);
@@ -182,7 +182,7 @@ pub fn run_sharded(
             .collect();
         let engines: Vec<_> = engines
             .into_iter()
-            .zip(from_parser)
+            .zip(from_router)
             .zip(peer_tx.into_iter().zip(peer_rx))
             .zip(done_tx)
             .enumerate()
