@@ -135,6 +135,15 @@ fn upload_is_attributed_to_the_right_process_with_exact_bytes() {
 
     let (out, inb) = sum(&events, Some(pid), port);
     eprintln!("client pid {pid}: reported out={out} (sent {N}), in={inb} (received {M})");
+    for e in &events {
+        match e {
+            Event::Net(n) if n.dst_port == port => eprintln!("  net {:?}", n),
+            Event::ProcessStart(p) if p.pid == pid || p.ppid == Some(pid) => {
+                eprintln!("  start pid {} ppid {:?} {}", p.pid, p.ppid, p.name)
+            }
+            _ => {}
+        }
+    }
     let tol = N / 1000;
     assert!(out.abs_diff(N) <= tol, "bytes_out {out} vs {N}");
     assert!(inb.abs_diff(M) <= M / 1000 + 2, "bytes_in {inb} vs {M}");

@@ -55,6 +55,41 @@ impl InodeMap {
         self.backoff.retain(|i, _| alive.contains(i));
     }
 
+    /// A socket held by several processes (a descriptor inherited across
+    /// fork, as with a shell's redirection) belongs to the topmost holder
+    /// along the parent chain, normally the process that opened it: which
+    /// holder happened to be scanned first must not decide (a shell's
+    /// `sleep` child once took a whole upload that way).
+    fn lift_to_oldest_holders(&mut self, found: &[(u32, u32)], procfs: &ProcFs) {
+        let mut held: HashMap<u32, Vec<u64>> = HashMap::new();
+        for &(ino, pid) in found {
+            let mut owner = pid;
+            // Bounded: a parent chain is short, and pids can be reused.
+            for _ in 0..16 {
+                let Some((_, ppid, _)) = procfs.stat(owner) else {
+                    break;
+                };
+                if ppid <= 1 || ppid == owner {
+                    break;
+                }
+                let inodes = held.entry(ppid).or_insert_with(|| {
+                    let mut v = Vec::new();
+                    procfs.socket_inodes(ppid, &mut v);
+                    self.scans += 1;
+                    v
+                });
+                if !inodes.contains(&u64::from(ino)) {
+                    break;
+                }
+                owner = ppid;
+            }
+            if owner != pid {
+                self.by_inode.insert(ino, owner);
+                self.owners.insert(owner, self.generation);
+            }
+        }
+    }
+
     /// Resolves `wanted` inodes (0 is never resolvable and ignored).
     /// `all_pids` is called only if the likely owners did not have them all.
     pub fn resolve(
@@ -76,6 +111,8 @@ impl InodeMap {
             return;
         }
         let mut tried: HashSet<u32> = HashSet::new();
+        // (inode, pid) found in this resolution.
+        let mut found: Vec<(u32, u32)> = Vec::new();
         let mut order: Vec<u32> = std::mem::take(&mut self.new_pids);
         let mut owners: Vec<(u32, u64)> = self.owners.iter().map(|(p, g)| (*p, *g)).collect();
         owners.sort_by_key(|o| std::cmp::Reverse(o.1));
@@ -98,7 +135,9 @@ impl InodeMap {
                     };
                     owns = true;
                     this.by_inode.entry(ino).or_insert(pid);
-                    missing.remove(&ino);
+                    if missing.remove(&ino) {
+                        found.push((ino, pid));
+                    }
                 }
                 if owns {
                     this.owners.insert(pid, g);
@@ -109,6 +148,7 @@ impl InodeMap {
         if !missing.is_empty() {
             scan_list(all_pids(), self, &mut missing);
         }
+        self.lift_to_oldest_holders(&found, procfs);
         for ino in missing {
             let e = self.backoff.entry(ino).or_insert((0, g));
             e.0 += 1;
@@ -125,6 +165,55 @@ impl InodeMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shell opens a connection and forks a child that inherits it; the
+    /// child is scanned first (it is new), yet the shell owns the socket.
+    #[test]
+    fn an_inherited_socket_belongs_to_the_process_that_opened_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port}; sleep 5 & echo $!; read -t 5 <&0; kill $! 2>/dev/null"
+        );
+        let mut shell = std::process::Command::new("/bin/bash")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _peer = l.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(shell.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let child: u32 = line.trim().parse().unwrap();
+        let procfs = ProcFs::default();
+        let mut shell_inodes = Vec::new();
+        procfs.socket_inodes(shell.id(), &mut shell_inodes);
+        let mut child_inodes = Vec::new();
+        // The child may still be between fork and exec: wait for its fd.
+        for _ in 0..100 {
+            child_inodes.clear();
+            procfs.socket_inodes(child, &mut child_inodes);
+            if !child_inodes.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let ino = *shell_inodes
+            .iter()
+            .find(|i| child_inodes.contains(i))
+            .expect("the child holds the shell's socket");
+        let ino = u32::try_from(ino).unwrap();
+        let mut m = InodeMap::default();
+        m.note_new_pid(child);
+        m.resolve(&[ino], &procfs, &mut || panic!("found among new processes"));
+        assert_eq!(m.get(ino), Some(shell.id()));
+        drop(shell.stdin.take());
+        let _ = shell.wait();
+    }
 
     #[test]
     fn resolves_own_socket_and_backs_off_on_unknown() {
