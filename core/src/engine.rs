@@ -1889,6 +1889,14 @@ mod tests {
         assert_eq!(e.stats().unknown_pid_records, 2);
     }
 
+    /// (app, bytes out) of each alert.
+    fn apps_of(alerts: &[Alert]) -> Vec<(&str, u64)> {
+        alerts
+            .iter()
+            .map(|a| (a.app.as_str(), a.bytes_out))
+            .collect()
+    }
+
     #[test]
     fn a_later_instance_takes_later_records_after_an_earlier_one() {
         // Both starts arrive first; the host's remembered process must not
@@ -1903,11 +1911,10 @@ mod tests {
                 net("h", 5, 150, "1.1.1.1", 3 << 20, 10, Some("a.example")),
             ],
         );
-        let apps: Vec<(&str, u64)> = alerts
-            .iter()
-            .map(|a| (a.app.as_str(), a.bytes_out))
-            .collect();
-        assert_eq!(apps, [("notepad.exe", 2 << 20), ("curl.exe", 3 << 20)]);
+        assert_eq!(
+            apps_of(&alerts),
+            [("notepad.exe", 2 << 20), ("curl.exe", 3 << 20)]
+        );
     }
 
     #[test]
@@ -1927,11 +1934,10 @@ mod tests {
                 net("h", 5, 130, "1.1.1.1", 3 << 20, 10, Some("a.example")),
             ],
         );
-        let apps: Vec<(&str, u64)> = alerts
-            .iter()
-            .map(|a| (a.app.as_str(), a.bytes_out))
-            .collect();
-        assert_eq!(apps, [("notepad.exe", 2 << 20), ("curl.exe", 3 << 20)]);
+        assert_eq!(
+            apps_of(&alerts),
+            [("notepad.exe", 2 << 20), ("curl.exe", 3 << 20)]
+        );
     }
 
     #[test]
