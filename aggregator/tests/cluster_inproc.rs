@@ -10,13 +10,9 @@ use outflow_proto::pb;
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../tests/src/ports.rs"]
+mod ports;
+use ports::free_port;
 
 struct Cluster {
     nodes: Vec<Option<RunningAggregator>>,

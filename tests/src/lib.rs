@@ -1,1 +1,5 @@
-//! Cross-crate tests live in `tests/tests/`.
+//! Cross-crate tests live in `tests/tests/`; helpers they share live here.
+
+pub mod ports;
+
+pub use ports::free_port;

@@ -48,13 +48,7 @@ fn outflow_bin() -> PathBuf {
     .clone()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use outflow_tests::free_port;
 
 struct Proc {
     id: u64,

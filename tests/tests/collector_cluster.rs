@@ -14,13 +14,7 @@ use outflow_collector::shipper::{connect, ship};
 use outflow_pki::CertDir;
 use outflow_proto::pb;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use outflow_tests::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_collectors_share_the_fleet_through_the_aggregator_group() {

@@ -190,10 +190,9 @@ pub fn certs(hosts: &[&str]) -> (tempfile::TempDir, CertDir) {
     (dir, cd)
 }
 
+#[path = "../../../tests/src/ports.rs"]
+mod ports;
+
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ports::free_port()
 }
