@@ -369,7 +369,7 @@ impl<'r> LineReader<'r> {
         // Unread bytes known to hold no newline.
         let mut searched = 0;
         loop {
-            if let Some(p) = find_newline(&self.buf[self.start + searched..self.end]) {
+            if let Some(p) = memchr::memchr(b'\n', &self.buf[self.start + searched..self.end]) {
                 let line = self.start..self.start + searched + p + 1;
                 self.start = line.end;
                 return Ok(Some(&self.buf[line]));
@@ -413,30 +413,6 @@ impl<'r> LineReader<'r> {
             }
         }
     }
-}
-
-/// The position of the first `\n` in `b`, a word at a time.
-pub(crate) fn find_newline(b: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = b.chunks_exact(8);
-    let mut at = 0;
-    for c in &mut chunks {
-        let w =
-            u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ (ONES * 0x0a);
-        // The lowest zero byte of `w` sets the lowest high bit here (borrows
-        // can only add bits above it).
-        let zero = w.wrapping_sub(ONES) & !w & HIGHS;
-        if zero != 0 {
-            return Some(at + (zero.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == b'\n')
-        .map(|p| at + p)
 }
 
 fn finish(
@@ -690,27 +666,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn find_newline_finds_the_first() {
-        for len in 0..40 {
-            for at in 0..=len {
-                let mut b = vec![b'a'; len];
-                if at < len {
-                    b[at] = b'\n';
-                    // A later newline and bytes around 0x0a must not confuse it.
-                    if at + 2 < len {
-                        b[at + 2] = b'\n';
-                    }
-                    if at > 0 {
-                        b[at - 1] = 0x0b;
-                    }
-                }
-                let want = b.iter().position(|&c| c == b'\n');
-                assert_eq!(find_newline(&b), want, "{b:?}");
-            }
-        }
-        assert_eq!(find_newline(&[0x8a, 0x0b, 0x09, 0xff, 0, 0x0a]), Some(5));
     }
 }

@@ -645,17 +645,18 @@ impl Engine {
     }
 
     pub fn ingest(&mut self, event: &Event) {
-        let hid = match event {
-            Event::Net(n) => return self.ingest_net(&NetView::of(n)),
-            _ => self.begin_event(event.ts(), event.host()),
-        };
+        if let Event::Net(n) = event {
+            return self.ingest_net(&NetView::of(n));
+        }
+        let ts = event.ts();
+        let hid = self.begin_event(ts, event.host());
         match event {
             Event::Host(_) | Event::Net(_) => {}
             Event::ProcessStart(p) => self.on_process_start(hid, p),
             Event::ProcessEnd(p) => self.on_process_end(hid, p),
             Event::Dns(d) => self.on_dns(hid, d),
         }
-        self.end_event(hid, event.ts());
+        self.end_event(hid, ts);
     }
 
     /// `ingest` of a parsed line (a `net` record borrowed from it).

@@ -738,10 +738,7 @@ impl fmt::Display for Rejected {
 
 /// Parses a buffer's bytes as a line; invalid UTF-8 is a `NotJson` error.
 pub fn parse_line_bytes(line: &[u8]) -> Result<Event, ParseError> {
-    match std::str::from_utf8(line) {
-        Ok(s) => parse_line(s),
-        Err(e) => Err(ParseError::NotJson(format!("invalid UTF-8: {e}"))),
-    }
+    parse_line_bytes_ref(line).map(EventRef::into_owned)
 }
 
 #[cfg(test)]
