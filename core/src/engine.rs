@@ -21,6 +21,7 @@ use crate::baseline::{
 };
 use crate::catalogue::{Catalogue, OTHER};
 use crate::config::EngineConfig;
+use crate::hint::{prefetch_slice, prefetch_val};
 use crate::policy::Policy;
 use crate::score::{score_finding, score_only, FindingKind, ScoreInput};
 use crate::strtable::StrTable;
@@ -333,6 +334,10 @@ impl InternalNets {
 
 /// No slot (a hint that never matches).
 const NO_SLOT: u32 = u32::MAX;
+
+/// Records whose memory `Engine::ingest_batch` asks for before ingesting
+/// them.
+const PREFETCH_GROUP: usize = 32;
 
 /// Values in slots whose index stays put while the value lives (freed slots
 /// are reused): an index held elsewhere reaches its value without a lookup.
@@ -674,8 +679,119 @@ impl Engine {
         self.end_event(hid, n.ts);
     }
 
+    /// `ingest_ref` of each event in order: the same state and alerts. The
+    /// memory each `net` record will touch (its process, the day
+    /// destination and window it last used, its host's day statistics, the
+    /// processes whose windows it will close) is asked for a few records
+    /// ahead, so that the waits of several records overlap instead of
+    /// following one another. The lookups for a group are made before any
+    /// of it is ingested; one that an earlier event of the group changes
+    /// only makes a hint miss.
+    pub fn ingest_batch(&mut self, events: &[EventRef<'_>]) {
+        let mut at = [None; PREFETCH_GROUP];
+        for group in events.chunks(PREFETCH_GROUP) {
+            for (e, at) in group.iter().zip(at.iter_mut()) {
+                *at = match e {
+                    EventRef::Net(n) => self.locate(n),
+                    EventRef::Other(_) => None,
+                };
+            }
+            for &(hid, slot, closes) in at[..group.len()].iter().flatten() {
+                self.prefetch_process(hid, slot);
+                if closes {
+                    self.prefetch_closing(hid);
+                }
+            }
+            for (e, at) in group.iter().zip(&at) {
+                match (e, at) {
+                    (EventRef::Net(n), Some((hid, _, _))) => {
+                        self.begin_event_at(n.ts);
+                        self.on_net(*hid, n);
+                        self.end_event(*hid, n.ts);
+                    }
+                    _ => self.ingest_ref(e),
+                }
+            }
+        }
+    }
+
+    /// The host and process of a `net` record of a known host, as a lookup
+    /// now finds them; starts loading the process state, and the states of
+    /// the host's processes with open windows if the record will close some.
+    fn locate(&self, n: &NetView<'_>) -> Option<(usize, u32, bool)> {
+        let hid = self.host_ids.get(&n.host)? as usize;
+        let h = &self.hosts[hid];
+        let slot = match h.last_net {
+            Some((pid, slot, start)) if pid == n.pid && start <= n.ts => slot,
+            _ => {
+                h.pids
+                    .get(&n.pid)?
+                    .iter()
+                    .rev()
+                    .find(|x| x.start <= n.ts)?
+                    .slot
+            }
+        };
+        if let Some(p) = h.slots.items.get(slot as usize) {
+            prefetch_val(p);
+        }
+        let closes = h.max_ts.max(n.ts).saturating_sub_us(self.cfg.lateness_us()) >= h.next_close;
+        if closes {
+            for &s in &h.open {
+                if let Some(p) = h.slots.items.get(s as usize) {
+                    prefetch_val(p);
+                }
+            }
+        }
+        Some((hid, slot, closes))
+    }
+
+    /// Starts loading what a record of process `slot` reads beyond its
+    /// state: the hinted day destination, the newest open window, the
+    /// host's statistics for the process's app and day.
+    fn prefetch_process(&self, hid: usize, slot: u32) {
+        let h = &self.hosts[hid];
+        let Some(p) = h.slot(slot) else {
+            return;
+        };
+        if let Some(d) = p.day_dests.get(p.day_hint as usize) {
+            prefetch_val(d);
+        }
+        // Scanned when the hint misses.
+        prefetch_slice(&p.day_keys);
+        if let Some(w) = p.windows.last() {
+            prefetch_val(w);
+        }
+        if let Some(d) = h.app_days.slots.items.get(p.day_slot as usize) {
+            prefetch_val(d);
+        }
+    }
+
+    /// Starts loading what closing a host's windows reads beyond the
+    /// states of its processes with open windows: their oldest windows and
+    /// their days' statistics.
+    fn prefetch_closing(&self, hid: usize) {
+        let h = &self.hosts[hid];
+        for &s in &h.open {
+            if let Some(p) = h.slot(s) {
+                if let Some(w) = p.windows.first() {
+                    prefetch_val(w);
+                }
+                if let Some(d) = h.app_days.slots.items.get(p.day_slot as usize) {
+                    prefetch_val(d);
+                }
+            }
+        }
+    }
+
     /// Counts an event at `ts` from `host`; the host's index.
     fn begin_event(&mut self, ts: Timestamp, host: &str) -> usize {
+        self.begin_event_at(ts);
+        self.host_index(host)
+    }
+
+    /// Counts an event at `ts`.
+    fn begin_event_at(&mut self, ts: Timestamp) {
         self.stats.events += 1;
         if self.first_ts.is_none() {
             self.first_ts = Some(ts);
@@ -687,7 +803,6 @@ impl Engine {
                 self.prune(day);
             }
         }
-        self.host_index(host)
     }
 
     /// After an event at `ts` from host `hid`: closes what the host's event
@@ -1028,6 +1143,17 @@ impl Engine {
         let idle_us = i64::try_from(self.cfg.idle_process_secs)
             .unwrap_or(i64::MAX / 1_000_000)
             .saturating_mul(1_000_000);
+        // Loads for all the host's open processes at once, then their
+        // windows: their waits overlap.
+        {
+            let h = &self.hosts[hid];
+            for &s in &h.open {
+                if let Some(p) = h.slots.items.get(s as usize) {
+                    prefetch_val(p);
+                }
+            }
+        }
+        self.prefetch_closing(hid);
         let h = &mut self.hosts[hid];
         let mut closed = std::mem::take(&mut self.scratch_closed);
         let mut next = Timestamp(i64::MAX);

@@ -12,6 +12,7 @@ pub mod catalogue;
 pub mod config;
 pub mod engine;
 mod fastjson;
+pub mod hint;
 pub mod policy;
 pub mod score;
 pub mod shard;
