@@ -120,7 +120,10 @@ fn load_policy(p: &Path) -> anyhow::Result<Policy> {
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    /// Telemetry JSONL file, or '-' for stdin.
+    /// Telemetry JSONL file, or '-' for stdin. With --shards above 1 a
+    /// regular file is mapped into memory and read in place: do not truncate
+    /// it during the replay (reading a lost page stops the process with
+    /// SIGBUS); replay a copy, or pipe it to '-', if it may change.
     #[arg(long)]
     pub input: String,
     /// Where alerts go, one JSON object per line (default: stdout).
@@ -217,9 +220,11 @@ pub fn run_stream(
                 // The parser's strings are on another core: start loading the
                 // next event's while this one is ingested.
                 if let Some((_, Ok(next))) = batch.lines.get(i + 1) {
-                    prefetch(next.host().as_bytes());
+                    outflow_core::hint::prefetch(next.host().as_bytes());
                     if let Event::Net(n) = next {
-                        prefetch(n.sni.as_deref().unwrap_or_default().as_bytes());
+                        outflow_core::hint::prefetch(
+                            n.sni.as_deref().unwrap_or_default().as_bytes(),
+                        );
                     }
                 }
                 let line_no = *line_no;
@@ -318,22 +323,6 @@ fn parse_batches(
             return;
         }
     }
-}
-
-/// Asks the CPU to start loading bytes about to be read: data made on
-/// another core (a parsed event, a chunk of lines) otherwise makes its first
-/// reader wait. Only a hint; a no-op off x86-64.
-#[inline]
-pub(crate) fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for off in (0..bytes.len()).step_by(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch never faults and reads nothing the program
-        // sees; the address is inside `bytes`.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(off).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
 
 /// Bytes read from the input at a time. At least the input's own buffer
@@ -525,8 +514,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let engines = (0..args.shards)
             .map(|_| Engine::new(cfg.clone(), policy.clone()))
             .collect();
+        let source = match crate::replay_sharded::map_file(&args.input) {
+            Some(bytes) => crate::replay_sharded::Source::Mapped(bytes),
+            None => crate::replay_sharded::Source::Stream(&mut input),
+        };
         Ok(crate::replay_sharded::run_sharded(
-            &mut input,
+            source,
             engines,
             crate::replay_sharded::ShardOptions {
                 chunk_lines: args.shard_chunk_lines,

@@ -14,6 +14,7 @@
 //! machine, emitted in chunk order, then engine order.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{self, BufRead};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use outflow_core::baseline::FleetBaseline;
 use outflow_core::telemetry::{parse_line_bytes, parse_line_bytes_ref, ParseError};
 use outflow_core::{Alert, Engine, EngineStats};
 
-use crate::replay::{close_idle_hosts, prefetch, trim_newline, ReplaySummary};
+use crate::replay::{close_idle_hosts, trim_newline, ReplaySummary};
 
 /// How the input is cut and how often shards swap baselines.
 #[derive(Clone, Copy, Debug)]
@@ -49,13 +50,63 @@ const BLOCK: usize = 2 << 20;
 const IDLE_LINES: usize = 4096;
 /// Messages in flight per channel: bounds memory.
 const IN_FLIGHT: usize = 4;
+/// Lines an engine parses before ingesting them together.
+const PARSE_GROUP: usize = 16;
 /// Rejected-line examples kept.
 const EXAMPLES: usize = 20;
+
+/// Input that chunks share: a block read from a stream, or a whole file
+/// mapped into memory.
+pub enum Bytes {
+    Read(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Read(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
+/// Where sharded replay reads its lines.
+pub enum Source<'a> {
+    Stream(&'a mut (dyn BufRead + Send)),
+    /// A file mapped whole (see `map_file`): chunks are cut from the mapping
+    /// in place, with no copy.
+    Mapped(Bytes),
+}
+
+/// `path` mapped into memory, if it is a non-empty regular file that can
+/// be. The kernel's copy of every block into the reader's buffer is the
+/// reader's main cost; a mapping has its lines read in place.
+pub fn map_file(path: &str) -> Option<Bytes> {
+    if path == "-" {
+        return None;
+    }
+    let file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return None;
+    }
+    // SAFETY: the mapping is only read. The file may change under it; a
+    // change makes lines wrong (as reading a changing file would), and a
+    // truncation ends the process with SIGBUS when a lost page is read
+    // (documented with `--input`).
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Some(Bytes::Mapped(map))
+}
 
 /// Whole lines, newlines included: `block[start..end]`. The chunks cut from
 /// one block of input share it.
 struct RawChunk {
-    block: Arc<Vec<u8>>,
+    block: Arc<Bytes>,
     start: usize,
     end: usize,
     /// Line number of the chunk's first line (1-based).
@@ -118,7 +169,7 @@ fn shard_of_bytes(host: &[u8], shards: usize) -> usize {
 
 /// Streams `input` through `engines` (one per shard, at least two).
 pub fn run_sharded(
-    input: &mut (dyn BufRead + Send),
+    input: Source<'_>,
     engines: Vec<Engine>,
     opts: ShardOptions,
     on_alert: &mut dyn FnMut(&Alert) -> io::Result<()>,
@@ -173,7 +224,12 @@ pub fn run_sharded(
 
     let mut s = ReplaySummary::default();
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        scope.spawn(move || read_chunks(input, opts.chunk_lines, BLOCK, chunk_tx, recycle_rx));
+        scope.spawn(move || match input {
+            Source::Stream(input) => {
+                read_chunks(input, opts.chunk_lines, BLOCK, chunk_tx, recycle_rx)
+            }
+            Source::Mapped(bytes) => cut_chunks(Arc::new(bytes), opts.chunk_lines, chunk_tx),
+        });
         let routers: Vec<_> = chunk_rx
             .into_iter()
             .zip(to_engine)
@@ -331,7 +387,7 @@ fn read_chunks(
         }
         next[..left].copy_from_slice(&block[from..filled]);
         filled = left;
-        let shared = Arc::new(std::mem::replace(&mut block, next));
+        let shared = Arc::new(Bytes::Read(std::mem::replace(&mut block, next)));
         for (start, end, lines) in cuts {
             let chunk = RawChunk {
                 block: shared.clone(),
@@ -349,6 +405,46 @@ fn read_chunks(
             // Dropping the senders tells every router the input ended.
             return;
         }
+    }
+}
+
+/// `read_chunks` of input already in memory: the same chunks, cut in place.
+fn cut_chunks(data: Arc<Bytes>, chunk_lines: usize, to: Vec<SyncSender<io::Result<RawChunk>>>) {
+    let chunk_lines = chunk_lines as u64;
+    let mut c = 0usize;
+    let mut send = |chunk: RawChunk| {
+        let sent = to[c % to.len()].send(Ok(chunk)).is_ok();
+        c += 1;
+        sent
+    };
+    let (mut from, mut lines, mut line_no) = (0, 0u64, 0u64);
+    for p in memchr::memchr_iter(b'\n', &data) {
+        lines += 1;
+        if lines == chunk_lines {
+            let chunk = RawChunk {
+                block: data.clone(),
+                start: from,
+                end: p + 1,
+                first_line: line_no + 1,
+                lines,
+            };
+            line_no += lines;
+            (from, lines) = (p + 1, 0);
+            if !send(chunk) {
+                return;
+            }
+        }
+    }
+    if from < data.len() {
+        // The last chunk, and a last line without a newline.
+        let unterminated = data[data.len() - 1] != b'\n';
+        send(RawChunk {
+            block: data.clone(),
+            start: from,
+            end: data.len(),
+            first_line: line_no + 1,
+            lines: lines + u64::from(unterminated),
+        });
     }
 }
 
@@ -425,24 +521,26 @@ fn run_engine(
         let Ok(part) = parts[p].recv() else {
             break;
         };
-        let mut alerts = Vec::new();
         let data = part.chunk.data();
-        for (i, l) in part.lines.iter().enumerate() {
-            if let Some(next) = part.lines.get(i + 1) {
-                prefetch(&data[next.start..next.end]);
-            }
-            match parse_line_bytes_ref(&data[l.start..l.end]) {
-                Ok(ev) => {
-                    debug_assert_eq!(shard_of(ev.host(), n), me, "line {} routed", l.no);
-                    events += 1;
-                    engine.ingest_ref(&ev);
-                    if engine.pending_alerts() > 0 {
-                        alerts.extend(engine.drain_alerts());
+        // Lines are parsed a group at a time and the group ingested at once:
+        // the engine asks for the memory of a group's records before
+        // ingesting the first (`Engine::ingest_batch`).
+        let mut group = Vec::with_capacity(PARSE_GROUP);
+        for lines in part.lines.chunks(PARSE_GROUP) {
+            for l in lines {
+                match parse_line_bytes_ref(&data[l.start..l.end]) {
+                    Ok(ev) => {
+                        debug_assert_eq!(shard_of(ev.host(), n), me, "line {} routed", l.no);
+                        group.push(ev);
                     }
+                    Err(error) => tally.reject(l.no, &error),
                 }
-                Err(error) => tally.reject(l.no, &error),
             }
+            events += group.len() as u64;
+            engine.ingest_batch(&group);
+            group.clear();
         }
+        let mut alerts = engine.drain_alerts();
         if (c + 1) % idle_chunks == 0 {
             close_idle_hosts(&mut engine);
             alerts.extend(engine.drain_alerts());
@@ -455,7 +553,9 @@ fn run_engine(
         // Back to be reused; dropped here if the other side has enough.
         let _ = back.lines[p].try_send(lines);
         // The last user of a block sends it back to the reader.
-        if let Some(block) = Arc::into_inner(chunk).and_then(|c| Arc::into_inner(c.block)) {
+        if let Some(Bytes::Read(block)) =
+            Arc::into_inner(chunk).and_then(|c| Arc::into_inner(c.block))
+        {
             let _ = back.chunks.try_send(block);
         }
         if done.send(ChunkDone { alerts, bytes }).is_err() {
@@ -646,13 +746,66 @@ mod tests {
         }
     }
 
+    /// A mapped file is cut into the same chunks as the same bytes read
+    /// from a stream.
+    #[test]
+    fn mapped_input_is_cut_like_read_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "z".repeat(100);
+        let inputs: Vec<String> = vec![
+            "a".into(),
+            "a\n".into(),
+            "a\nb".into(),
+            "\n\n".into(),
+            (0..50)
+                .map(|i| format!("{i}{}\n", &long[..i]))
+                .collect::<String>()
+                + "end",
+        ];
+        let cut = |chunks: Receiver<io::Result<RawChunk>>| -> Vec<(Vec<u8>, u64, u64)> {
+            chunks
+                .iter()
+                .map(|c| c.unwrap())
+                .map(|c| (c.data().to_vec(), c.first_line, c.lines))
+                .collect()
+        };
+        for (i, input) in inputs.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.jsonl"));
+            std::fs::write(&path, input).unwrap();
+            for chunk_lines in [1, 3, 7, 1024] {
+                let (to, from) = sync_channel(1 << 12);
+                let (_back, recycled) = sync_channel(4);
+                let mut r = std::io::BufReader::with_capacity(3, input.as_bytes());
+                read_chunks(&mut r, chunk_lines, 16, vec![to], recycled);
+                let read = cut(from);
+                let (to, from) = sync_channel(1 << 12);
+                let mapped = map_file(path.to_str().unwrap());
+                assert!(
+                    matches!(mapped, Some(Bytes::Mapped(_))),
+                    "a regular file is mapped"
+                );
+                cut_chunks(Arc::new(mapped.unwrap()), chunk_lines, vec![to]);
+                assert_eq!(cut(from), read, "input {i}, {chunk_lines} lines");
+            }
+        }
+        // Neither stdin nor an empty or missing file is mapped.
+        let empty = dir.path().join("empty.jsonl");
+        std::fs::write(&empty, "").unwrap();
+        assert!(map_file("-").is_none());
+        assert!(map_file(empty.to_str().unwrap()).is_none());
+        assert!(map_file(dir.path().join("missing").to_str().unwrap()).is_none());
+        assert!(map_file(dir.path().to_str().unwrap()).is_none());
+    }
+
     /// Blank lines are skipped; every other line is routed once, with its
     /// number and its bytes.
     #[test]
     fn a_chunk_is_routed_line_by_line() {
         let text = "{\"host\":\"a\"}\n\n  \r\n{\"host\":\"b\"}\r\nbad\n{\"host\":\"c\"}";
         let chunk = RawChunk {
-            block: Arc::new(format!("ignored\n{text}\nignored").into_bytes()),
+            block: Arc::new(Bytes::Read(
+                format!("ignored\n{text}\nignored").into_bytes(),
+            )),
             start: 8,
             end: 8 + text.len(),
             first_line: 10,

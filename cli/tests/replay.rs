@@ -281,6 +281,39 @@ fn sharded_replay_is_deterministic_detects_and_reports_bad_lines() {
     };
     let (a1, s1) = replay("2", &d.path().join("a1.jsonl"));
     let (a2, s2) = replay("2", &d.path().join("a2.jsonl"));
+    // The file is mapped; the same bytes through stdin are read in blocks.
+    let piped = d.path().join("piped.jsonl");
+    let out = outflow()
+        .args(["replay", "--json-summary", "--shards", "2"])
+        .args(["--shard-chunk-lines", "500", "--shard-exchange-chunks", "4"])
+        .args(["--input", "-", "--alerts-out"])
+        .arg(&piped)
+        .stdin(std::fs::File::open(&fleet).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let sp: serde_json::Value =
+        serde_json::from_str(stderr.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&piped).unwrap(),
+        a1,
+        "stdin and file give the same alerts"
+    );
+    for k in [
+        "lines",
+        "events",
+        "rejected",
+        "rejected_examples",
+        "alerts",
+        "engine",
+    ] {
+        assert_eq!(sp[k], s1[k], "stdin and file: {k}");
+    }
     let (_, single) = replay("1", &d.path().join("one.jsonl"));
     assert_eq!(
         a1, a2,
