@@ -118,12 +118,36 @@ struct DestAcc {
 impl DestAcc {
     /// Adds another record to the same (address, port); a name learnt late
     /// (DNS after the first record) names it.
-    fn absorb(&mut self, d: &DestAcc) {
+    fn absorb(&mut self, d: &DestRef<'_>) {
         self.out = self.out.saturating_add(d.out);
         self.inb = self.inb.saturating_add(d.inb);
         if self.name.is_none() && d.name.is_some() {
-            self.name = d.name.clone();
+            self.name = d.name.cloned();
             self.service = d.service.clone();
+        }
+    }
+}
+
+/// A record's destination, borrowing its name and service: most records
+/// add to an entry that exists, and only a new entry takes references.
+struct DestRef<'a> {
+    ip: IpAddr,
+    port: u16,
+    name: Option<&'a Arc<str>>,
+    service: &'a Arc<str>,
+    out: u64,
+    inb: u64,
+}
+
+impl DestRef<'_> {
+    fn to_acc(&self) -> DestAcc {
+        DestAcc {
+            ip: self.ip,
+            port: self.port,
+            name: self.name.cloned(),
+            service: self.service.clone(),
+            out: self.out,
+            inb: self.inb,
         }
     }
 }
@@ -603,9 +627,11 @@ impl Engine {
     }
 
     /// A destination name as seen on the wire → (normalised, service), cached.
-    fn classify_name(&mut self, raw: &str) -> (Arc<str>, Arc<str>) {
+    /// The index in `name_vals` of a destination name's (normalised name,
+    /// service); valid until the next call.
+    fn classify_name(&mut self, raw: &str) -> usize {
         if let Some(id) = self.names.get(raw) {
-            return self.name_vals[id as usize].clone();
+            return id as usize;
         }
         // Bounded in count and in bytes (names come from telemetry).
         if self.names.len() >= 200_000 || self.names.bytes() >= 64 << 20 {
@@ -617,6 +643,7 @@ impl Engine {
             Some(s) => Arc::from(s),
             None => self.other.clone(),
         };
+        let mut at = 0;
         for key in [raw, norm.as_ref()] {
             let (id, new) = self.names.intern(key);
             let v = (norm.clone(), service.clone());
@@ -625,8 +652,9 @@ impl Engine {
             } else {
                 self.name_vals[id as usize] = v;
             }
+            at = id as usize;
         }
-        (norm, service)
+        at
     }
 
     /// The app's interned (id, name): one id per distinct name.
@@ -969,18 +997,24 @@ impl Engine {
         let named = raw.map(|r| self.classify_name(r));
         let unknown_app = &self.unknown_app;
         let h = &mut self.hosts[hid];
-        let (name, service) = match named {
-            Some((name, service)) => (Some(name), service),
-            None => match h.dns.get(&n.dst_ip).cloned() {
-                Some(name) => {
-                    let service = match self.names.get(name.as_ref()) {
-                        Some(id) => self.name_vals[id as usize].1.clone(),
-                        None => Arc::from(self.catalogue.classify(&name).unwrap_or(OTHER)),
-                    };
-                    (Some(name), service)
-                }
-                None => (None, self.other.clone()),
-            },
+        // A name from DNS: its own (name, service).
+        let resolved = match named {
+            Some(_) => None,
+            None => h.dns.get(&n.dst_ip).map(|name| {
+                let service = match self.names.get(name.as_ref()) {
+                    Some(id) => self.name_vals[id as usize].1.clone(),
+                    None => Arc::from(self.catalogue.classify(name).unwrap_or(OTHER)),
+                };
+                (name.clone(), service)
+            }),
+        };
+        let (name, service) = match (named, &resolved) {
+            (Some(id), _) => {
+                let (name, service) = &self.name_vals[id];
+                (Some(name), service)
+            }
+            (None, Some((name, service))) => (Some(name), service),
+            (None, None) => (None, &self.other),
         };
         // The process: the latest start at or before ts; else app `unknown`.
         let found = match h.last_net {
@@ -1040,11 +1074,11 @@ impl Engine {
             p.cum_judged_bucket = 0;
             p.day_upload_windows = 0;
         }
-        let dest = DestAcc {
+        let dest = DestRef {
             ip: n.dst_ip,
             port: n.dst_port,
-            name: name.clone(),
-            service: service.clone(),
+            name,
+            service,
             out: n.bytes_out,
             inb: n.bytes_in,
         };
@@ -1075,7 +1109,7 @@ impl Engine {
                     }
                     let pos = p.windows.partition_point(|w| w.start < wstart);
                     let mut dests = self.dest_pool.pop().unwrap_or_default();
-                    dests.push(dest);
+                    dests.push(dest.to_acc());
                     let w = OpenWindow {
                         start: wstart,
                         out: n.bytes_out,
@@ -1104,7 +1138,7 @@ impl Engine {
                 .saturating_sub(i64::from(self.cfg.horizon_days))
             && p.last_service
                 .as_ref()
-                .is_some_and(|(d, s)| *d == day && Arc::ptr_eq(s, &service));
+                .is_some_and(|(d, s)| *d == day && Arc::ptr_eq(s, service));
         let entry = h.app_days.entry((app_id, day), &mut p.day_slot);
         let needs_update = !entry.active
             || (!service_known && !entry.services.contains_key(service.as_ref()))
@@ -1572,7 +1606,9 @@ fn fold_window(
     }
     let window_bucket = volume_bucket(out);
     let judged_ratio = out >= cfg.min_window_out_bytes / 16;
-    let rb = ratio_bucket(out, inb, cfg.ratio_smoothing_bytes);
+    // The ratio counts only for windows that upload enough (most do not:
+    // no logarithm for them).
+    let rb = judged_ratio.then(|| ratio_bucket(out, inb, cfg.ratio_smoothing_bytes));
     let upload_bytes = cfg.upload_bytes;
     let entry = app_days.entry((app_id, day), slot);
     let uploaded = out >= UPLOAD_WINDOW_BYTES;
@@ -1585,7 +1621,7 @@ fn fold_window(
         entry.upload_windows += 1;
     }
     let changes = persistence_moves
-        || (judged_ratio && entry.max_ratio.is_none_or(|m| rb > m))
+        || rb.is_some_and(|rb| entry.max_ratio.is_none_or(|m| rb > m))
         || entry.max_volume.is_none_or(|m| window_bucket > m)
         || dests.iter().any(|d| {
             d.out >= upload_bytes && entry.services.get(d.service.as_ref()) != Some(&true)
@@ -1597,7 +1633,7 @@ fn fold_window(
     if persistence_moves {
         entry.upload_windows += 1;
     }
-    if judged_ratio && entry.max_ratio.is_none_or(|m| rb > m) {
+    if let Some(rb) = rb.filter(|rb| entry.max_ratio.is_none_or(|m| *rb > m)) {
         entry.max_ratio = Some(rb);
     }
     if entry.max_volume.is_none_or(|m| window_bucket > m) {
@@ -1647,7 +1683,7 @@ fn cumulative_due(cfg: &EngineConfig, day_out: u64, day_in: u64, judged_bucket: 
         && ratio_of(day_out, day_in) >= cfg.min_ratio
 }
 
-fn add_dest(v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
+fn add_dest(v: &mut Vec<DestAcc>, d: &DestRef<'_>, cap: usize) {
     // Newest first: a process mostly keeps talking to where it just did.
     if let Some(e) = v
         .iter_mut()
@@ -1656,11 +1692,11 @@ fn add_dest(v: &mut Vec<DestAcc>, d: &DestAcc, cap: usize) {
     {
         e.absorb(d);
     } else if v.len() < cap {
-        v.push(d.clone());
+        v.push(d.to_acc());
     } else if let Some(min) = v.iter_mut().min_by_key(|e| e.out) {
         // Keep the biggest destinations; the smallest absorbs the rest.
         if d.out > min.out {
-            *min = d.clone();
+            *min = d.to_acc();
         }
     }
 }
@@ -1684,7 +1720,7 @@ fn dest_key(ip: &IpAddr, port: u16) -> u64 {
 fn add_day_dest(
     (keys, min, hint): (&mut Vec<u64>, &mut Option<u32>, &mut u32),
     v: &mut Vec<DestAcc>,
-    d: &DestAcc,
+    d: &DestRef<'_>,
     cap: usize,
 ) {
     let key = dest_key(&d.ip, d.port);
@@ -1710,7 +1746,7 @@ fn add_day_dest(
             *min = None;
         }
     } else if v.len() < cap {
-        v.push(d.clone());
+        v.push(d.to_acc());
         keys.push(key);
     } else {
         let i = match *min {
@@ -1723,7 +1759,7 @@ fn add_day_dest(
         *min = Some(i as u32);
         // Keep the biggest destinations; the smallest absorbs the rest.
         if d.out > v[i].out {
-            v[i] = d.clone();
+            v[i] = d.to_acc();
             keys[i] = key;
             *min = None;
         }
