@@ -2,8 +2,9 @@
 # Replay throughput: `outflow replay` vs DuckDB computing the same
 # per-(host, pid, minute) join and aggregation on the same file.
 #   bench/replay/run.sh [HOSTS] [DAYS]      (defaults: 1000 hosts, 3 days ≈ 1.1 M events)
-# Needs: python3 with duckdb (pip install duckdb), a release build
-# (OUTFLOW_BIN=path skips the build).
+# Needs: python3 with duckdb (pip install duckdb), a build with the `dist`
+# profile, as production images use (fat LTO; OUTFLOW_BIN=path skips the
+# build).
 #
 # Outflow runs twice: one engine (`--shards 1`: a parser thread and an engine
 # thread) and two engines (`--shards 2`, hosts split over two engines that
@@ -20,9 +21,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -c 'import duckdb' 2>/dev/null || python3 -m pip install -q duckdb
 if [ -z "${OUTFLOW_BIN:-}" ]; then
-  cargo build --release -q -p outflow
+  cargo build --profile dist -q -p outflow
 fi
-bin=${OUTFLOW_BIN:-target/release/outflow}
+bin=${OUTFLOW_BIN:-target/dist/outflow}
 $bin sim --hosts "$hosts" --days "$days" --seed 1 --out "$work/fleet.jsonl" --truth "$work/truth.jsonl"
 size=$(stat -c %s "$work/fleet.jsonl")
 echo "input: $(wc -l < "$work/fleet.jsonl") lines, $((size / 1048576)) MiB; load: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -514,8 +514,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let engines = (0..args.shards)
             .map(|_| Engine::new(cfg.clone(), policy.clone()))
             .collect();
-        let source = match crate::replay_sharded::map_file(&args.input) {
-            Some(bytes) => crate::replay_sharded::Source::Mapped(bytes),
+        let source = match crate::replay_sharded::mappable(&args.input) {
+            Some(file) => crate::replay_sharded::Source::File(file),
             None => crate::replay_sharded::Source::Stream(&mut input),
         };
         Ok(crate::replay_sharded::run_sharded(

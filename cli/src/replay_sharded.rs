@@ -76,32 +76,30 @@ impl std::ops::Deref for Bytes {
 /// Where sharded replay reads its lines.
 pub enum Source<'a> {
     Stream(&'a mut (dyn BufRead + Send)),
-    /// A file mapped whole (see `map_file`): chunks are cut from the mapping
-    /// in place, with no copy.
-    Mapped(Bytes),
+    /// A regular file (see `mappable`), mapped a window at a time: chunks
+    /// are cut from a window in place, with no copy.
+    File(File),
 }
 
-/// `path` mapped into memory, if it is a non-empty regular file that can
-/// be. The kernel's copy of every block into the reader's buffer is the
-/// reader's main cost; a mapping has its lines read in place.
-pub fn map_file(path: &str) -> Option<Bytes> {
+/// `path` opened for mapping, if it is a non-empty regular file. The
+/// kernel's copy of every block into the reader's buffer is the reader's
+/// main cost; a mapped window has its lines read in place.
+pub fn mappable(path: &str) -> Option<File> {
     if path == "-" {
         return None;
     }
     let file = File::open(path).ok()?;
     let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() == 0 {
-        return None;
-    }
-    // SAFETY: the mapping is only read. The file may change under it; a
-    // change makes lines wrong (as reading a changing file would), and a
-    // truncation ends the process with SIGBUS when a lost page is read
-    // (documented with `--input`).
-    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-    #[cfg(unix)]
-    let _ = map.advise(memmap2::Advice::Sequential);
-    Some(Bytes::Mapped(map))
+    (meta.is_file() && meta.len() > 0).then_some(file)
 }
+
+/// Bytes of a file mapped at a time (more for a chunk that does not fit).
+/// A window is unmapped when the last of its chunks is done, so at most a
+/// few windows are resident.
+const MAP_WINDOW: usize = 4 << 20;
+
+/// Windows start at multiples of this (a multiple of any page size).
+const MAP_ALIGN: u64 = 1 << 16;
 
 /// Whole lines, newlines included: `block[start..end]`. The chunks cut from
 /// one block of input share it.
@@ -228,7 +226,13 @@ pub fn run_sharded(
             Source::Stream(input) => {
                 read_chunks(input, opts.chunk_lines, BLOCK, chunk_tx, recycle_rx)
             }
-            Source::Mapped(bytes) => cut_chunks(Arc::new(bytes), opts.chunk_lines, chunk_tx),
+            Source::File(file) => {
+                if let Err(file) = cut_mapped(&file, MAP_WINDOW, opts.chunk_lines, &chunk_tx) {
+                    // Not mappable after all: read it.
+                    let mut input = io::BufReader::with_capacity(1 << 20, file);
+                    read_chunks(&mut input, opts.chunk_lines, BLOCK, chunk_tx, recycle_rx)
+                }
+            }
         });
         let routers: Vec<_> = chunk_rx
             .into_iter()
@@ -408,44 +412,95 @@ fn read_chunks(
     }
 }
 
-/// `read_chunks` of input already in memory: the same chunks, cut in place.
-fn cut_chunks(data: Arc<Bytes>, chunk_lines: usize, to: Vec<SyncSender<io::Result<RawChunk>>>) {
+/// `read_chunks` of a regular file, mapped `window` bytes at a time: the
+/// same chunks, cut in place. `Err` (with nothing sent) if the file cannot
+/// be mapped at all.
+fn cut_mapped<'f>(
+    file: &'f File,
+    window: usize,
+    chunk_lines: usize,
+    to: &[SyncSender<io::Result<RawChunk>>],
+) -> Result<(), &'f File> {
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(_) => return Err(file),
+    };
     let chunk_lines = chunk_lines as u64;
     let mut c = 0usize;
-    let mut send = |chunk: RawChunk| {
-        let sent = to[c % to.len()].send(Ok(chunk)).is_ok();
+    let mut send = |chunk: io::Result<RawChunk>| {
+        let sent = to[c % to.len()].send(chunk).is_ok();
         c += 1;
         sent
     };
-    let (mut from, mut lines, mut line_no) = (0, 0u64, 0u64);
-    for p in memchr::memchr_iter(b'\n', &data) {
-        lines += 1;
-        if lines == chunk_lines {
+    // `pos`: where the input not yet in a chunk starts (a line start).
+    let (mut pos, mut line_no, mut size) = (0u64, 0u64, window);
+    while pos < len {
+        let base = pos - pos % MAP_ALIGN;
+        let map_len = (size as u64).min(len - base);
+        let at_end = base + map_len == len;
+        // SAFETY: the mapping is only read. The file may change under it;
+        // a change makes lines wrong (as reading a changing file would), and
+        // a truncation ends the process with SIGBUS when a lost page is read
+        // (documented with `--input`).
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(base)
+                .len(map_len as usize)
+                .map(file)
+        };
+        let map = match map {
+            Ok(m) => m,
+            Err(_) if pos == 0 => return Err(file),
+            Err(e) => {
+                send(Err(e));
+                return Ok(());
+            }
+        };
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let map = Arc::new(Bytes::Mapped(map));
+        let data: &[u8] = &map;
+        // Whole chunks in the window: (start, end, lines).
+        let start = (pos - base) as usize;
+        let (mut from, mut lines) = (start, 0u64);
+        let mut cuts = Vec::new();
+        for p in memchr::memchr_iter(b'\n', &data[start..]) {
+            lines += 1;
+            if lines == chunk_lines {
+                let end = start + p + 1;
+                cuts.push((from, end, lines));
+                (from, lines) = (end, 0);
+            }
+        }
+        if at_end && from < data.len() {
+            // The last chunk, and a last line without a newline.
+            let unterminated = data[data.len() - 1] != b'\n';
+            cuts.push((from, data.len(), lines + u64::from(unterminated)));
+            from = data.len();
+        }
+        if cuts.is_empty() {
+            // No whole chunk fits: a bigger window.
+            size = size.saturating_mul(2);
+            continue;
+        }
+        size = window;
+        for (start, end, lines) in cuts {
             let chunk = RawChunk {
-                block: data.clone(),
-                start: from,
-                end: p + 1,
+                block: map.clone(),
+                start,
+                end,
                 first_line: line_no + 1,
                 lines,
             };
             line_no += lines;
-            (from, lines) = (p + 1, 0);
-            if !send(chunk) {
-                return;
+            if !send(Ok(chunk)) {
+                return Ok(());
             }
         }
+        // What is left starts the next window.
+        pos = base + from as u64;
     }
-    if from < data.len() {
-        // The last chunk, and a last line without a newline.
-        let unterminated = data[data.len() - 1] != b'\n';
-        send(RawChunk {
-            block: data.clone(),
-            start: from,
-            end: data.len(),
-            first_line: line_no + 1,
-            lines: lines + u64::from(unterminated),
-        });
-    }
+    Ok(())
 }
 
 /// Routes its chunks: sends every engine the places of its hosts' lines of
@@ -747,25 +802,29 @@ mod tests {
     }
 
     /// A mapped file is cut into the same chunks as the same bytes read
-    /// from a stream.
+    /// from a stream, whatever the window: lines and chunks across windows,
+    /// a line longer than a window, a last line without a newline.
     #[test]
     fn mapped_input_is_cut_like_read_input() {
         let dir = tempfile::tempdir().unwrap();
         let long = "z".repeat(100);
+        let many: String = (0..40_000)
+            .map(|i| format!("{i}{}\n", &long[..i % 90]))
+            .collect();
         let inputs: Vec<String> = vec![
             "a".into(),
             "a\n".into(),
             "a\nb".into(),
             "\n\n".into(),
-            (0..50)
-                .map(|i| format!("{i}{}\n", &long[..i]))
-                .collect::<String>()
-                + "end",
+            many.clone(),
+            format!("{many}{}\n{many}end", "y".repeat(300_000)),
         ];
-        let cut = |chunks: Receiver<io::Result<RawChunk>>| -> Vec<(Vec<u8>, u64, u64)> {
+        let cut = |chunks: Receiver<io::Result<RawChunk>>| -> Vec<RawChunk> {
+            chunks.iter().map(|c| c.unwrap()).collect()
+        };
+        let parts = |chunks: &[RawChunk]| -> Vec<(Vec<u8>, u64, u64)> {
             chunks
                 .iter()
-                .map(|c| c.unwrap())
                 .map(|c| (c.data().to_vec(), c.first_line, c.lines))
                 .collect()
         };
@@ -773,28 +832,37 @@ mod tests {
             let path = dir.path().join(format!("{i}.jsonl"));
             std::fs::write(&path, input).unwrap();
             for chunk_lines in [1, 3, 7, 1024] {
-                let (to, from) = sync_channel(1 << 12);
+                let (to, from) = sync_channel(1 << 20);
                 let (_back, recycled) = sync_channel(4);
                 let mut r = std::io::BufReader::with_capacity(3, input.as_bytes());
-                read_chunks(&mut r, chunk_lines, 16, vec![to], recycled);
-                let read = cut(from);
-                let (to, from) = sync_channel(1 << 12);
-                let mapped = map_file(path.to_str().unwrap());
-                assert!(
-                    matches!(mapped, Some(Bytes::Mapped(_))),
-                    "a regular file is mapped"
-                );
-                cut_chunks(Arc::new(mapped.unwrap()), chunk_lines, vec![to]);
-                assert_eq!(cut(from), read, "input {i}, {chunk_lines} lines");
+                read_chunks(&mut r, chunk_lines, 1 << 16, vec![to], recycled);
+                let read = parts(&cut(from));
+                for window in [MAP_ALIGN as usize, MAP_WINDOW] {
+                    let file = mappable(path.to_str().unwrap()).expect("a regular file");
+                    let (to, from) = sync_channel(1 << 20);
+                    assert!(cut_mapped(&file, window, chunk_lines, &[to]).is_ok());
+                    let mapped = cut(from);
+                    let what = format!("input {i}, {chunk_lines} lines, window {window}");
+                    assert_eq!(parts(&mapped), read, "{what}");
+                    // Large inputs are mapped a window at a time.
+                    let mut windows = mapped
+                        .iter()
+                        .map(|c| Arc::as_ptr(&c.block))
+                        .collect::<Vec<_>>();
+                    windows.dedup();
+                    if input.len() > 2 * window {
+                        assert!(windows.len() > 1, "{what}");
+                    }
+                }
             }
         }
-        // Neither stdin nor an empty or missing file is mapped.
+        // Neither stdin nor an empty or missing file nor a directory is mapped.
         let empty = dir.path().join("empty.jsonl");
         std::fs::write(&empty, "").unwrap();
-        assert!(map_file("-").is_none());
-        assert!(map_file(empty.to_str().unwrap()).is_none());
-        assert!(map_file(dir.path().join("missing").to_str().unwrap()).is_none());
-        assert!(map_file(dir.path().to_str().unwrap()).is_none());
+        assert!(mappable("-").is_none());
+        assert!(mappable(empty.to_str().unwrap()).is_none());
+        assert!(mappable(dir.path().join("missing").to_str().unwrap()).is_none());
+        assert!(mappable(dir.path().to_str().unwrap()).is_none());
     }
 
     /// Blank lines are skipped; every other line is routed once, with its

@@ -1156,7 +1156,7 @@ impl Engine {
                 entry.services.insert(service.to_string(), false);
             }
             let change = [ServiceChange {
-                service: &service,
+                service,
                 before: None,
                 after: Some(false),
             }];
