@@ -581,7 +581,13 @@ fn run_engine(
         // the engine asks for the memory of a group's records before
         // ingesting the first (`Engine::ingest_batch`).
         let mut group = Vec::with_capacity(PARSE_GROUP);
-        for lines in part.lines.chunks(PARSE_GROUP) {
+        for (g, lines) in part.lines.chunks(PARSE_GROUP).enumerate() {
+            // The next group's lines start loading while this one is parsed
+            // and ingested (a router on another core read them last).
+            let next = part.lines.get((g + 1) * PARSE_GROUP..).unwrap_or_default();
+            for l in next.iter().take(PARSE_GROUP) {
+                outflow_core::hint::prefetch(&data[l.start..l.end]);
+            }
             for l in lines {
                 match parse_line_bytes_ref(&data[l.start..l.end]) {
                     Ok(ev) => {
