@@ -508,6 +508,10 @@ pub struct Engine {
     scratch_view: Option<PeerView>,
     dest_pool: Vec<Vec<DestAcc>>,
     other: Arc<str>,
+    /// One `Arc` per service name (a few dozen): the windows' destinations
+    /// of every name of a service share it, so its reference count stays in
+    /// cache.
+    services: Vec<Arc<str>>,
     /// Destination names as seen → (normalised name, service), bounded.
     names: StrTable,
     /// (normalised name, service) of each id of `names`.
@@ -546,6 +550,7 @@ impl Engine {
             scratch_view: None,
             dest_pool: Vec::new(),
             other: Arc::from(OTHER),
+            services: Vec::new(),
             names: StrTable::default(),
             name_vals: Vec::new(),
             local: FleetBaseline::new(),
@@ -639,8 +644,8 @@ impl Engine {
             self.name_vals.clear();
         }
         let norm: Arc<str> = Arc::from(raw.trim_end_matches('.').to_ascii_lowercase());
-        let service: Arc<str> = match self.catalogue.classify(&norm) {
-            Some(s) => Arc::from(s),
+        let service = match self.catalogue.classify(&norm) {
+            Some(s) => shared_service(&mut self.services, s),
             None => self.other.clone(),
         };
         let mut at = 0;
@@ -1003,7 +1008,10 @@ impl Engine {
             None => h.dns.get(&n.dst_ip).map(|name| {
                 let service = match self.names.get(name.as_ref()) {
                     Some(id) => self.name_vals[id as usize].1.clone(),
-                    None => Arc::from(self.catalogue.classify(name).unwrap_or(OTHER)),
+                    None => match self.catalogue.classify(name) {
+                        Some(s) => shared_service(&mut self.services, s),
+                        None => self.other.clone(),
+                    },
                 };
                 (name.clone(), service)
             }),
@@ -1697,6 +1705,18 @@ fn add_dest(v: &mut Vec<DestAcc>, d: &DestRef<'_>, cap: usize) {
         // Keep the biggest destinations; the smallest absorbs the rest.
         if d.out > min.out {
             *min = d.to_acc();
+        }
+    }
+}
+
+/// The shared `Arc` of service `name`, added on first use.
+fn shared_service(services: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    match services.iter().find(|s| s.as_ref() == name) {
+        Some(s) => s.clone(),
+        None => {
+            let s: Arc<str> = Arc::from(name);
+            services.push(s.clone());
+            s
         }
     }
 }
