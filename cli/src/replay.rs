@@ -216,24 +216,31 @@ pub fn run_stream(
             let batch = batch.context("reading input")?;
             bytes += batch.bytes;
             s.lines = batch.last_line;
-            for (i, (line_no, parsed)) in batch.lines.iter().enumerate() {
-                // The parser's strings are on another core: start loading the
-                // next event's while this one is ingested.
-                if let Some((_, Ok(next))) = batch.lines.get(i + 1) {
-                    outflow_core::hint::prefetch(next.host().as_bytes());
-                    if let Event::Net(n) = next {
-                        outflow_core::hint::prefetch(
-                            n.sni.as_deref().unwrap_or_default().as_bytes(),
-                        );
-                    }
+            // Events are ingested in groups (`Engine::ingest_batch` asks for
+            // a group's memory first); a bad line ends a group, so alerts and
+            // a strict stop come exactly where they would one by one.
+            let mut group: Vec<&Event> = Vec::with_capacity(INGEST_GROUP);
+            let mut ingest = |group: &mut Vec<&Event>, s: &mut ReplaySummary| -> io::Result<()> {
+                engine.ingest_batch(group);
+                group.clear();
+                for a in engine.drain_alerts() {
+                    s.alerts += 1;
+                    on_alert(&a)?;
                 }
-                let line_no = *line_no;
+                Ok(())
+            };
+            for (line_no, parsed) in &batch.lines {
                 match parsed {
                     Ok(ev) => {
                         s.events += 1;
-                        engine.ingest(ev);
+                        group.push(ev);
+                        if group.len() == INGEST_GROUP {
+                            ingest(&mut group, &mut s)?;
+                        }
                     }
                     Err(error) => {
+                        ingest(&mut group, &mut s)?;
+                        let line_no = *line_no;
                         s.rejected += 1;
                         *s.rejected_by_reason
                             .entry(error.reason_key().to_string())
@@ -251,13 +258,8 @@ pub fn run_stream(
                         }
                     }
                 }
-                if engine.pending_alerts() > 0 {
-                    for a in engine.drain_alerts() {
-                        s.alerts += 1;
-                        on_alert(&a)?;
-                    }
-                }
             }
+            ingest(&mut group, &mut s)?;
             close_idle_hosts(engine);
             for a in engine.drain_alerts() {
                 s.alerts += 1;
@@ -324,6 +326,9 @@ fn parse_batches(
         }
     }
 }
+
+/// Events the single engine ingests as a group.
+const INGEST_GROUP: usize = 16;
 
 /// Bytes read from the input at a time. At least the input's own buffer
 /// (1 MiB, see `open_input`), so reads bypass that buffer instead of being

@@ -58,26 +58,29 @@ fn batches_ingest_exactly_as_events_one_by_one() {
             e => EventRef::Other(e.clone()),
         })
         .collect();
+    let json = |a: &[outflow_core::Alert]| a.iter().map(|a| a.to_json()).collect::<Vec<_>>();
     for group in [1, 3, 16, 17, 100] {
-        let mut e = Engine::new(EngineConfig::default(), Policy::default());
-        let mut alerts = Vec::new();
-        for g in views.chunks(group) {
-            e.ingest_batch(g);
+        // Parsed lines (sharded replay) and owned events (one engine).
+        for owned in [false, true] {
+            let mut e = Engine::new(EngineConfig::default(), Policy::default());
+            let mut alerts = Vec::new();
+            if owned {
+                for g in events.chunks(group) {
+                    e.ingest_batch(g);
+                    alerts.extend(e.drain_alerts());
+                }
+            } else {
+                for g in views.chunks(group) {
+                    e.ingest_batch(g);
+                    alerts.extend(e.drain_alerts());
+                }
+            }
+            e.flush();
             alerts.extend(e.drain_alerts());
+            let what = format!("groups of {group}, owned {owned}");
+            assert_eq!(json(&alerts), json(&one_by_one.0), "{what}: alerts");
+            assert_eq!(e.stats(), one_by_one.1, "{what}: counters");
+            assert_eq!(e.local_partials(), one_by_one.2, "{what}: baseline");
         }
-        e.flush();
-        alerts.extend(e.drain_alerts());
-        let json = |a: &[outflow_core::Alert]| a.iter().map(|a| a.to_json()).collect::<Vec<_>>();
-        assert_eq!(
-            json(&alerts),
-            json(&one_by_one.0),
-            "groups of {group}: alerts"
-        );
-        assert_eq!(e.stats(), one_by_one.1, "groups of {group}: counters");
-        assert_eq!(
-            e.local_partials(),
-            one_by_one.2,
-            "groups of {group}: baseline"
-        );
     }
 }

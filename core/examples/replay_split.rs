@@ -59,8 +59,14 @@ fn main() {
     let n = events.len() as f64;
     let mut engine = Engine::new(EngineConfig::default(), Policy::default());
     let mut alerts = Vec::new();
-    if batched {
-        for group in views.chunks(32) {
+    if std::env::var_os("OWNED").is_some() {
+        // Owned events in groups, as one-engine replay ingests them.
+        for group in events.chunks(16) {
+            engine.ingest_batch(group);
+            alerts.extend(engine.drain_alerts());
+        }
+    } else if batched {
+        for group in views.chunks(16) {
             engine.ingest_batch(group);
             alerts.extend(engine.drain_alerts());
         }

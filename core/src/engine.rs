@@ -244,6 +244,51 @@ struct PidInstance {
     start: Timestamp,
 }
 
+/// What `Engine::ingest_batch` takes: parsed lines (`EventRef`) or owned
+/// events.
+pub trait Ingestible {
+    /// The event as a `net` record, if it is one (a view, no copy).
+    fn net(&self) -> Option<NetView<'_>>;
+    /// Ingests it one by one.
+    fn ingest_into(&self, engine: &mut Engine);
+}
+
+impl Ingestible for EventRef<'_> {
+    fn net(&self) -> Option<NetView<'_>> {
+        match self {
+            EventRef::Net(n) => Some(n.reborrow()),
+            EventRef::Other(_) => None,
+        }
+    }
+
+    fn ingest_into(&self, engine: &mut Engine) {
+        engine.ingest_ref(self);
+    }
+}
+
+impl<T: Ingestible> Ingestible for &T {
+    fn net(&self) -> Option<NetView<'_>> {
+        (**self).net()
+    }
+
+    fn ingest_into(&self, engine: &mut Engine) {
+        (**self).ingest_into(engine);
+    }
+}
+
+impl Ingestible for Event {
+    fn net(&self) -> Option<NetView<'_>> {
+        match self {
+            Event::Net(n) => Some(NetView::of(n)),
+            _ => None,
+        }
+    }
+
+    fn ingest_into(&self, engine: &mut Engine) {
+        engine.ingest(self);
+    }
+}
+
 /// A pid's instances, oldest start first; one (the common case) is kept in
 /// the map entry itself.
 type PidInstances = smallvec::SmallVec<[PidInstance; 1]>;
@@ -361,7 +406,7 @@ const NO_SLOT: u32 = u32::MAX;
 
 /// Records whose memory `Engine::ingest_batch` asks for before ingesting
 /// them.
-const PREFETCH_GROUP: usize = 32;
+const PREFETCH_GROUP: usize = 16;
 
 /// Values in slots whose index stays put while the value lives (freed slots
 /// are reused): an index held elsewhere reaches its value without a lookup.
@@ -720,14 +765,11 @@ impl Engine {
     /// following one another. The lookups for a group are made before any
     /// of it is ingested; one that an earlier event of the group changes
     /// only makes a hint miss.
-    pub fn ingest_batch(&mut self, events: &[EventRef<'_>]) {
+    pub fn ingest_batch<E: Ingestible>(&mut self, events: &[E]) {
         let mut at = [None; PREFETCH_GROUP];
         for group in events.chunks(PREFETCH_GROUP) {
             for (e, at) in group.iter().zip(at.iter_mut()) {
-                *at = match e {
-                    EventRef::Net(n) => self.locate(n),
-                    EventRef::Other(_) => None,
-                };
+                *at = e.net().and_then(|n| self.locate(&n));
             }
             for &(hid, slot, closes) in at[..group.len()].iter().flatten() {
                 self.prefetch_process(hid, slot);
@@ -736,13 +778,13 @@ impl Engine {
                 }
             }
             for (e, at) in group.iter().zip(&at) {
-                match (e, at) {
-                    (EventRef::Net(n), Some((hid, _, _))) => {
+                match (e.net(), at) {
+                    (Some(n), Some((hid, _, _))) => {
                         self.begin_event_at(n.ts);
-                        self.on_net(*hid, n);
+                        self.on_net(*hid, &n);
                         self.end_event(*hid, n.ts);
                     }
-                    _ => self.ingest_ref(e),
+                    _ => e.ingest_into(self),
                 }
             }
         }
