@@ -334,14 +334,7 @@ fn read_chunks(
     to: Vec<SyncSender<io::Result<RawChunk>>>,
     recycled: Receiver<Vec<u8>>,
 ) {
-    let chunk_lines = chunk_lines as u64;
-    let mut c = 0usize;
-    let mut send = |chunk: io::Result<RawChunk>| {
-        let sent = to[c % to.len()].send(chunk).is_ok();
-        c += 1;
-        sent
-    };
-    let mut line_no = 0u64;
+    let mut out = ChunkSender::new(&to);
     // `block[..filled]`: input not yet in a chunk, from a line start.
     let mut block = vec![0u8; block_size];
     let mut filled = 0;
@@ -353,27 +346,12 @@ fn read_chunks(
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    send(Err(e));
+                    out.send(Err(e));
                     return;
                 }
             }
         }
-        // Whole chunks: (start, end, lines).
-        let mut cuts = Vec::new();
-        let (mut from, mut lines) = (0, 0u64);
-        for p in memchr::memchr_iter(b'\n', &block[..filled]) {
-            lines += 1;
-            if lines == chunk_lines {
-                cuts.push((from, p + 1, lines));
-                (from, lines) = (p + 1, 0);
-            }
-        }
-        if eof && from < filled {
-            // The last chunk, and a last line without a newline.
-            let unterminated = block[filled - 1] != b'\n';
-            cuts.push((from, filled, lines + u64::from(unterminated)));
-            from = filled;
-        }
+        let (cuts, from) = cut_lines(&block[..filled], 0, chunk_lines, eof);
         if cuts.is_empty() {
             if eof {
                 return;
@@ -392,23 +370,85 @@ fn read_chunks(
         next[..left].copy_from_slice(&block[from..filled]);
         filled = left;
         let shared = Arc::new(Bytes::Read(std::mem::replace(&mut block, next)));
-        for (start, end, lines) in cuts {
-            let chunk = RawChunk {
-                block: shared.clone(),
-                start,
-                end,
-                first_line: line_no + 1,
-                lines,
-            };
-            line_no += lines;
-            if !send(Ok(chunk)) {
-                return;
-            }
+        if !out.send_cuts(&shared, cuts) {
+            return;
         }
         if eof && filled == 0 {
             // Dropping the senders tells every router the input ended.
             return;
         }
+    }
+}
+
+/// Chunks of `chunk_lines` lines in `data[from..]`, `from` a line start:
+/// (start, end, lines) each, and where the rest starts. At the end of the
+/// input (`at_end`) the rest is a last chunk (a last line without a newline
+/// counts).
+fn cut_lines(
+    data: &[u8],
+    from: usize,
+    chunk_lines: usize,
+    at_end: bool,
+) -> (Vec<(usize, usize, u64)>, usize) {
+    let chunk_lines = chunk_lines as u64;
+    let start = from;
+    let (mut from, mut lines) = (from, 0u64);
+    let mut cuts = Vec::new();
+    for p in memchr::memchr_iter(b'\n', &data[start..]) {
+        lines += 1;
+        if lines == chunk_lines {
+            let end = start + p + 1;
+            cuts.push((from, end, lines));
+            (from, lines) = (end, 0);
+        }
+    }
+    if at_end && from < data.len() {
+        let unterminated = data[data.len() - 1] != b'\n';
+        cuts.push((from, data.len(), lines + u64::from(unterminated)));
+        from = data.len();
+    }
+    (cuts, from)
+}
+
+/// Sends chunks to the routers in turn, numbering their lines on.
+struct ChunkSender<'a> {
+    to: &'a [SyncSender<io::Result<RawChunk>>],
+    next: usize,
+    line_no: u64,
+}
+
+impl<'a> ChunkSender<'a> {
+    fn new(to: &'a [SyncSender<io::Result<RawChunk>>]) -> Self {
+        ChunkSender {
+            to,
+            next: 0,
+            line_no: 0,
+        }
+    }
+
+    /// False once the routers are gone.
+    fn send(&mut self, chunk: io::Result<RawChunk>) -> bool {
+        let sent = self.to[self.next % self.to.len()].send(chunk).is_ok();
+        self.next += 1;
+        sent
+    }
+
+    /// Sends the chunks of `block` at `cuts`; false once the routers are gone.
+    fn send_cuts(&mut self, block: &Arc<Bytes>, cuts: Vec<(usize, usize, u64)>) -> bool {
+        for (start, end, lines) in cuts {
+            let chunk = RawChunk {
+                block: block.clone(),
+                start,
+                end,
+                first_line: self.line_no + 1,
+                lines,
+            };
+            self.line_no += lines;
+            if !self.send(Ok(chunk)) {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -425,15 +465,9 @@ fn cut_mapped<'f>(
         Ok(m) => m.len(),
         Err(_) => return Err(file),
     };
-    let chunk_lines = chunk_lines as u64;
-    let mut c = 0usize;
-    let mut send = |chunk: io::Result<RawChunk>| {
-        let sent = to[c % to.len()].send(chunk).is_ok();
-        c += 1;
-        sent
-    };
+    let mut out = ChunkSender::new(to);
     // `pos`: where the input not yet in a chunk starts (a line start).
-    let (mut pos, mut line_no, mut size) = (0u64, 0u64, window);
+    let (mut pos, mut size) = (0u64, window);
     while pos < len {
         let base = pos - pos % MAP_ALIGN;
         let map_len = (size as u64).min(len - base);
@@ -452,50 +486,22 @@ fn cut_mapped<'f>(
             Ok(m) => m,
             Err(_) if pos == 0 => return Err(file),
             Err(e) => {
-                send(Err(e));
+                out.send(Err(e));
                 return Ok(());
             }
         };
         #[cfg(unix)]
         let _ = map.advise(memmap2::Advice::Sequential);
         let map = Arc::new(Bytes::Mapped(map));
-        let data: &[u8] = &map;
-        // Whole chunks in the window: (start, end, lines).
-        let start = (pos - base) as usize;
-        let (mut from, mut lines) = (start, 0u64);
-        let mut cuts = Vec::new();
-        for p in memchr::memchr_iter(b'\n', &data[start..]) {
-            lines += 1;
-            if lines == chunk_lines {
-                let end = start + p + 1;
-                cuts.push((from, end, lines));
-                (from, lines) = (end, 0);
-            }
-        }
-        if at_end && from < data.len() {
-            // The last chunk, and a last line without a newline.
-            let unterminated = data[data.len() - 1] != b'\n';
-            cuts.push((from, data.len(), lines + u64::from(unterminated)));
-            from = data.len();
-        }
+        let (cuts, from) = cut_lines(&map, (pos - base) as usize, chunk_lines, at_end);
         if cuts.is_empty() {
             // No whole chunk fits: a bigger window.
             size = size.saturating_mul(2);
             continue;
         }
         size = window;
-        for (start, end, lines) in cuts {
-            let chunk = RawChunk {
-                block: map.clone(),
-                start,
-                end,
-                first_line: line_no + 1,
-                lines,
-            };
-            line_no += lines;
-            if !send(Ok(chunk)) {
-                return Ok(());
-            }
+        if !out.send_cuts(&map, cuts) {
+            return Ok(());
         }
         // What is left starts the next window.
         pos = base + from as u64;

@@ -1,7 +1,7 @@
 //! `Engine::ingest_batch` (what sharded replay's engines use) leaves the
 //! engine exactly as ingesting the same events one by one does.
 
-use outflow_core::telemetry::{parse_line, EventRef, NetView};
+use outflow_core::telemetry::{parse_line, EventRef};
 use outflow_core::{Engine, EngineConfig, Event, Policy};
 use outflow_sim::{simulate, SimOptions};
 
@@ -51,13 +51,7 @@ fn batches_ingest_exactly_as_events_one_by_one() {
         "the fleet exercises alerts, late records and unknown pids: {:?}",
         one_by_one.1
     );
-    let views: Vec<EventRef<'_>> = events
-        .iter()
-        .map(|e| match e {
-            Event::Net(n) => EventRef::Net(NetView::of(n)),
-            e => EventRef::Other(e.clone()),
-        })
-        .collect();
+    let views: Vec<EventRef<'_>> = events.iter().map(EventRef::of).collect();
     let json = |a: &[outflow_core::Alert]| a.iter().map(|a| a.to_json()).collect::<Vec<_>>();
     for group in [1, 3, 16, 17, 100] {
         // Parsed lines (sharded replay) and owned events (one engine).

@@ -6,8 +6,8 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use outflow_core::telemetry::{parse_line_bytes, EventRef, NetView};
-use outflow_core::{Engine, EngineConfig, Event, Policy};
+use outflow_core::telemetry::{parse_line_bytes, EventRef};
+use outflow_core::{Engine, EngineConfig, Policy};
 
 /// This thread's CPU seconds (user + system), from /proc (Linux).
 fn cpu_secs() -> f64 {
@@ -46,13 +46,7 @@ fn main() {
     assert_eq!(parsed, events.len());
     // Views of the events, as replay's engines get them (`ingest_batch`
     // takes groups of 16), made before timing.
-    let views: Vec<EventRef<'_>> = events
-        .iter()
-        .map(|e| match e {
-            Event::Net(n) => EventRef::Net(NetView::of(n)),
-            e => EventRef::Other(e.clone()),
-        })
-        .collect();
+    let views: Vec<EventRef<'_>> = events.iter().map(EventRef::of).collect();
     let batched = std::env::var_os("ONE_BY_ONE").is_none();
     let t = Instant::now();
     let c1b = cpu_secs();

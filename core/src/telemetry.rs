@@ -146,6 +146,16 @@ pub enum EventRef<'a> {
     Other(Event),
 }
 
+impl<'a> EventRef<'a> {
+    /// A view of an owned event (other than `net` records, a copy).
+    pub fn of(e: &'a Event) -> Self {
+        match e {
+            Event::Net(n) => EventRef::Net(NetView::of(n)),
+            e => EventRef::Other(e.clone()),
+        }
+    }
+}
+
 impl EventRef<'_> {
     pub fn host(&self) -> &str {
         match self {
