@@ -8,7 +8,131 @@
 
 use std::borrow::Cow;
 
-use crate::telemetry::RawLine;
+use crate::telemetry::{NetView, RawLine, Transport};
+use crate::time::Timestamp;
+
+/// A `net` record in the exact form the simulator and `outflow import`
+/// write (and most agents' lines): keys `type`, `ts`, `host`, `pid`,
+/// `dst_ip`, `dst_port`, `bytes_out`, `bytes_in` in that order, then an
+/// optional `sni`; no whitespace; ASCII strings without escapes or control
+/// characters; an IPv4 address. Such a line is read with one pass of
+/// literal compares. `None` for anything else, which the general path
+/// (`scan`, then serde_json) reads with the same results and errors: every
+/// line this accepts is valid UTF-8 (it is ASCII), and gives the record
+/// `scan` and `from_raw` would (property-tested in `telemetry`).
+#[inline]
+pub(crate) fn net_line(b: &[u8]) -> Option<NetView<'_>> {
+    let mut c = Cursor { b, i: 0 };
+    c.lit(b"{\"type\":\"net\",\"ts\":\"")?;
+    let ts = c.ascii_str()?;
+    c.lit(b",\"host\":\"")?;
+    let host = c.ascii_str()?;
+    c.lit(b",\"pid\":")?;
+    let pid = u32::try_from(c.uint()?).ok()?;
+    c.lit(b",\"dst_ip\":\"")?;
+    let ip = c.ascii_bytes()?;
+    c.lit(b",\"dst_port\":")?;
+    let dst_port = u16::try_from(c.uint()?).ok()?;
+    c.lit(b",\"bytes_out\":")?;
+    let bytes_out = c.uint()?;
+    c.lit(b",\"bytes_in\":")?;
+    let bytes_in = c.uint()?;
+    let sni = match c.lit(b",\"sni\":\"") {
+        Some(()) => Some(c.ascii_str()?),
+        None => None,
+    };
+    c.lit(b"}")?;
+    if c.i != b.len() || host.is_empty() {
+        return None;
+    }
+    Some(NetView {
+        ts: Timestamp::parse_rfc3339(ts).ok()?,
+        host: Cow::Borrowed(host),
+        pid,
+        proto: Transport::Tcp,
+        dst_ip: std::net::IpAddr::V4(crate::telemetry::parse_plain_ipv4(ip)?),
+        dst_port,
+        bytes_out,
+        bytes_in,
+        sni: sni.filter(|s| !s.is_empty()).map(Cow::Borrowed),
+        domain: None,
+    })
+}
+
+/// `net_line`'s reader.
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline(always)]
+    fn lit(&mut self, l: &[u8]) -> Option<()> {
+        let rest = self.b.get(self.i..)?;
+        rest.starts_with(l).then(|| self.i += l.len())
+    }
+
+    /// The rest of a string whose opening quote was read, up to its closing
+    /// quote (read too): ASCII without control characters or backslashes.
+    #[inline(always)]
+    fn ascii_bytes(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        // A word at a time while one fits (as `Scanner::plain_run`, and a
+        // byte with its high bit set stops too), then byte by byte.
+        loop {
+            let Some(w) = self.b.get(self.i..self.i + 8) else {
+                loop {
+                    match *self.b.get(self.i)? {
+                        b'"' => break,
+                        b'\\' | 0..=0x1f | 0x80..=0xff => return None,
+                        _ => self.i += 1,
+                    }
+                }
+                break;
+            };
+            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            let stop = zero_bytes(w ^ (ONES * u64::from(b'"')))
+                | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+                | bytes_below(w, 0x20)
+                | (w & HIGHS);
+            if stop != 0 {
+                self.i += (stop.trailing_zeros() / 8) as usize;
+                if self.b[self.i] != b'"' {
+                    return None;
+                }
+                break;
+            }
+            self.i += 8;
+        }
+        let s = &self.b[start..self.i];
+        self.i += 1;
+        Some(s)
+    }
+
+    #[inline(always)]
+    fn ascii_str(&mut self) -> Option<&'a str> {
+        let s = self.ascii_bytes()?;
+        debug_assert!(s.is_ascii());
+        // SAFETY: `ascii_bytes` returns ASCII only, which is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(s) })
+    }
+
+    /// `Scanner::uint`'s numbers: digits, no leading zero, at most 19.
+    #[inline(always)]
+    fn uint(&mut self) -> Option<u64> {
+        let start = self.i;
+        let mut v: u64 = 0;
+        while let Some(c @ b'0'..=b'9') = self.b.get(self.i).copied() {
+            if self.i - start == 19 {
+                return None;
+            }
+            v = v * 10 + u64::from(c - b'0');
+            self.i += 1;
+        }
+        let len = self.i - start;
+        (len > 0 && !(len > 1 && self.b[start] == b'0')).then_some(v)
+    }
+}
 
 /// Fills `raw` (which must be empty) with the line's fields when the line has
 /// the plain shape; `None` otherwise, leaving `raw` partly filled.

@@ -446,6 +446,15 @@ pub fn parse_line_ref(line: &str) -> Result<EventRef<'_>, ParseError> {
 
 /// `parse_line_ref` of bytes (invalid UTF-8 is an error).
 pub fn parse_line_bytes_ref(line: &[u8]) -> Result<EventRef<'_>, ParseError> {
+    // Most lines: a `net` record in the usual form, read in one pass.
+    if let Some(n) = crate::fastjson::net_line(line) {
+        return Ok(EventRef::Net(n));
+    }
+    parse_line_bytes_general(line)
+}
+
+/// `parse_line_bytes_ref` without the `net` fast path.
+fn parse_line_bytes_general(line: &[u8]) -> Result<EventRef<'_>, ParseError> {
     match std::str::from_utf8(line) {
         Ok(s) => parse_line_ref(s),
         Err(e) => Err(ParseError::NotJson(format!("invalid UTF-8: {e}"))),
@@ -471,7 +480,7 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
 }
 
 /// `a.b.c.d`, each part 0..=255 in 1-3 digits with no leading zero.
-fn parse_plain_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+pub(crate) fn parse_plain_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut i = 0;
     for (k, octet) in octets.iter_mut().enumerate() {
@@ -984,6 +993,276 @@ mod tests {
         #[test]
         fn fast_scan_agrees_with_serde(line in arb_json_line()) {
             proptest::prop_assert_eq!(parse_line(&line), parse_line_serde(line.trim()), "{}", line);
+        }
+    }
+
+    /// A canonical `net` line built from its values' JSON texts.
+    fn net_json(
+        ts: &str,
+        host: &str,
+        pid: &str,
+        ip: &str,
+        nums: [&str; 3],
+        sni: Option<&str>,
+    ) -> String {
+        let [port, out, inb] = nums;
+        let sni = sni.map(|s| format!(",\"sni\":{s}")).unwrap_or_default();
+        format!(
+            "{{\"type\":\"net\",\"ts\":{ts},\"host\":{host},\"pid\":{pid},\"dst_ip\":{ip},\"dst_port\":{port},\"bytes_out\":{out},\"bytes_in\":{inb}{sni}}}"
+        )
+    }
+
+    /// The one-pass `net` reader takes the usual lines, declines the
+    /// others, and gives exactly what the general path gives on both.
+    #[test]
+    fn net_fast_path_agrees_with_the_general_path_on_edge_cases() {
+        let ts = r#""2024-05-01T12:00:01.250Z""#;
+        let fast = [
+            net_json(
+                ts,
+                r#""ws-1""#,
+                "42",
+                r#""162.125.1.1""#,
+                ["443", "1000", "10"],
+                Some(r#""a.dropbox.com""#),
+            ),
+            net_json(ts, r#""ws-1""#, "0", r#""0.0.0.0""#, ["0", "0", "0"], None),
+            net_json(
+                ts,
+                r#""h""#,
+                "4294967295",
+                r#""1.2.3.4""#,
+                ["65535", "9999999999999999999", "1"],
+                Some(r#""""#),
+            ),
+            net_json(
+                ts,
+                "\"a\u{7f}b\"",
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                Some(r#""~ !x""#),
+            ),
+            // RFC 3339 allows a space for the `T`.
+            net_json(
+                r#""2024-05-01 12:00:01Z""#,
+                r#""h""#,
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                None,
+            ),
+        ];
+        let declined = [
+            // Not in the fast path's shape, or not valid: the general path decides.
+            net_json(ts, r#""""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None),
+            net_json(
+                ts,
+                r#""ws\u002d1""#,
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                None,
+            ),
+            net_json(ts, r#""ws\\1""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None),
+            net_json(ts, r#""wé""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None),
+            net_json(ts, "\"a\tb\"", "1", r#""1.2.3.4""#, ["1", "1", "1"], None),
+            net_json(ts, r#""h""#, "01", r#""1.2.3.4""#, ["1", "1", "1"], None),
+            net_json(ts, r#""h""#, "-1", r#""1.2.3.4""#, ["1", "1", "1"], None),
+            net_json(
+                ts,
+                r#""h""#,
+                "4294967296",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                None,
+            ),
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["65536", "1", "1"], None),
+            net_json(
+                ts,
+                r#""h""#,
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "18446744073709551615", "1"],
+                None,
+            ),
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1.5", "1"], None),
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "null"], None),
+            net_json(ts, r#""h""#, "1", r#""2001:db8::1""#, ["1", "1", "1"], None),
+            net_json(ts, r#""h""#, "1", r#""01.2.3.4""#, ["1", "1", "1"], None),
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4.5""#, ["1", "1", "1"], None),
+            net_json(
+                r#""2023-02-29T12:00:00Z""#,
+                r#""h""#,
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                None,
+            ),
+            net_json(
+                r#""yesterday""#,
+                r#""h""#,
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                None,
+            ),
+            net_json(ts, "1", "1", r#""1.2.3.4""#, ["1", "1", "1"], None),
+            net_json(
+                ts,
+                r#""h""#,
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                Some("7"),
+            ),
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None) + " ",
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None) + "}",
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None)
+                .replace("}", ",\"proto\":\"udp\"}"),
+            net_json(
+                ts,
+                r#""h""#,
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                Some(r#""s""#),
+            )
+            .replace("}", ",\"domain\":\"d.example\"}"),
+            net_json(
+                ts,
+                r#""h""#,
+                "1",
+                r#""1.2.3.4""#,
+                ["1", "1", "1"],
+                Some(r#""s""#),
+            )
+            .replace("}", ",\"sni\":\"t\"}"),
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None)
+                .replace("\"pid\":1,", ""),
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None)
+                .replace(":\"net\"", ":\"Net\""),
+            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None).replace(",", " ,"),
+        ];
+        for line in fast.iter().chain(&declined) {
+            assert_eq!(
+                parse_line_bytes_ref(line.as_bytes()),
+                parse_line_bytes_general(line.as_bytes()),
+                "{line}"
+            );
+        }
+        for line in &fast {
+            assert!(
+                crate::fastjson::net_line(line.as_bytes()).is_some(),
+                "{line}"
+            );
+        }
+        for line in &declined {
+            assert!(
+                crate::fastjson::net_line(line.as_bytes()).is_none(),
+                "{line}"
+            );
+        }
+        // Bytes that are not UTF-8 in a string: declined, and the general
+        // path's error.
+        let mut bad = fast[0].clone().into_bytes();
+        let at = bad.windows(4).position(|w| w == b"ws-1").expect("host");
+        bad[at + 2] = 0xff;
+        assert!(crate::fastjson::net_line(&bad).is_none());
+        assert!(matches!(
+            parse_line_bytes_ref(&bad),
+            Err(ParseError::NotJson(_))
+        ));
+    }
+
+    /// Canonical `net` lines with odd values, and such lines with a byte
+    /// changed, cut or inserted: the fast path and the general one agree.
+    fn arb_net_line() -> impl Strategy<Value = Vec<u8>> {
+        // Each field usually valid, sometimes odd: a line with one odd field.
+        fn field(
+            valid: &'static [&'static str],
+            odd: &'static [&'static str],
+        ) -> impl Strategy<Value = &'static str> + Clone {
+            prop_oneof![
+                6 => prop::sample::select(valid),
+                1 => prop::sample::select(odd),
+            ]
+        }
+        const ODD: &[&str] = &[
+            r#""""#,
+            r#""a\"b""#,
+            r#""\u0041""#,
+            r#""é""#,
+            "\"\u{1}\"",
+            "\"x\u{7f}\"",
+            "007",
+            "-1",
+            "1e3",
+            "1.0",
+            "null",
+            "true",
+            "18446744073709551616",
+            r#""::1""#,
+        ];
+        let ts = field(
+            &[
+                r#""2024-05-01T12:00:00Z""#,
+                r#""2024-05-01T12:00:00.123456Z""#,
+                r#""2024-05-01T14:00:00.5+02:00""#,
+            ],
+            &[r#""2023-02-29T12:00:00Z""#, r#""2024-05-01""#, "0"],
+        );
+        let host = field(&[r#""ws-1""#, r#""srv-0010.corp""#], ODD);
+        let ip = field(
+            &[r#""1.2.3.4""#, r#""255.255.255.255""#],
+            &[r#""1.2.3.04""#, r#""::ffff:1.2.3.4""#, r#""1.2.3""#, "7"],
+        );
+        let num = |big: &'static [&'static str]| field(big, ODD);
+        let line = (
+            ts,
+            host,
+            num(&["0", "7", "4294967295", "4294967296"]),
+            ip,
+            (
+                num(&["443", "65535", "65536"]),
+                num(&["0", "9999999999999999999", "1"]),
+                num(&["12", "0"]),
+            ),
+            prop::option::of(field(&[r#""a.example""#, r#""""#], ODD)),
+        )
+            .prop_map(|(ts, host, pid, ip, (port, out, inb), sni)| {
+                net_json(ts, host, pid, ip, [port, out, inb], sni).into_bytes()
+            });
+        let canonical = net_json(
+            r#""2024-05-01T12:00:01.250Z""#,
+            r#""ws-0042""#,
+            "4242",
+            r#""13.107.42.12""#,
+            ["443", "123456", "789"],
+            Some(r#""my.microsoftpersonalcontent.com""#),
+        )
+        .into_bytes();
+        let edited = (0..canonical.len(), any::<u8>(), 0..3u8).prop_map(move |(at, byte, how)| {
+            let mut l = canonical.clone();
+            match how {
+                0 => l[at] = byte,
+                1 => l.truncate(at),
+                _ => l.insert(at, byte),
+            }
+            l
+        });
+        prop_oneof![line, edited]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn net_fast_path_agrees_with_the_general_path(line in arb_net_line()) {
+            proptest::prop_assert_eq!(
+                parse_line_bytes_ref(&line),
+                parse_line_bytes_general(&line),
+                "{}", String::from_utf8_lossy(&line)
+            );
         }
     }
 
