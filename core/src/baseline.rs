@@ -242,6 +242,67 @@ fn sub_hist(a: &mut [u64], b: &[u64]) {
     }
 }
 
+/// The services one host reached with one app on one day, and whether one
+/// window uploaded to each: usually one to three, so a short list ordered by
+/// name (a B-tree map's smallest node holds eleven entries and each key was
+/// its own `String`). Names are shared `Arc`s: the engine hands each
+/// service's one copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostServices(Vec<(std::sync::Arc<str>, bool)>);
+
+impl HostServices {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_ref().cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&bool> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut bool> {
+        self.find(name).ok().map(|i| &mut self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// Sets `name`'s flag; the flag it had, if it was there.
+    pub fn insert(&mut self, name: impl Into<std::sync::Arc<str>>, uploaded: bool) -> Option<bool> {
+        let name = name.into();
+        match self.find(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, uploaded)),
+            Err(i) => {
+                self.0.insert(i, (name, uploaded));
+                None
+            }
+        }
+    }
+
+    /// In name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &bool)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<std::sync::Arc<str>>> FromIterator<(K, bool)> for HostServices {
+    fn from_iter<I: IntoIterator<Item = (K, bool)>>(iter: I) -> Self {
+        let mut s = HostServices::default();
+        for (k, v) in iter {
+            s.insert(k, v);
+        }
+        s
+    }
+}
+
 /// What one host did with one app on one day. Its contribution to the
 /// fleet's `AppDayStats` is at most one per statistic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -256,7 +317,7 @@ pub struct HostAppDay {
     /// Outbound bytes of the app on the host that day.
     pub out_total: u64,
     /// Services reached, and whether one window uploaded to it.
-    pub services: BTreeMap<String, bool>,
+    pub services: HostServices,
     /// Windows of the day that uploaded (at least 64 KiB).
     pub upload_windows: u64,
 }
@@ -279,9 +340,9 @@ impl HostAppDay {
         if self.upload_windows > 0 {
             s.upload_windows_hist[usize::from(persistence_bucket(self.upload_windows))] = 1;
         }
-        for (svc, upload) in &self.services {
+        for (svc, upload) in self.services.iter() {
             s.services.insert(
-                svc.clone(),
+                svc.to_string(),
                 ServiceCount {
                     hosts: 1,
                     upload_hosts: u64::from(*upload),
@@ -510,13 +571,13 @@ impl FleetBaseline {
 }
 
 /// Advances an ordered map walk to `name`: its value if the map has it.
-fn take_at<'a, V>(
-    it: &mut Option<std::iter::Peekable<std::collections::btree_map::Iter<'a, String, V>>>,
+fn take_at<'a, K: AsRef<str>, V: 'a>(
+    it: &mut Option<std::iter::Peekable<impl Iterator<Item = (K, &'a V)>>>,
     name: &str,
 ) -> Option<&'a V> {
     let it = it.as_mut()?;
     while let Some((k, _)) = it.peek() {
-        match k.as_str().cmp(name) {
+        match k.as_ref().cmp(name) {
             std::cmp::Ordering::Less => {
                 it.next();
             }
@@ -545,6 +606,8 @@ pub struct PeerView {
     pub ratio_hist: Vec<u64>,
     pub volume_hist: Vec<u64>,
     pub daily_out_hist: Vec<u64>,
+    /// Peer host-days per service. After `reset`, services at zero may be
+    /// listed: they count as absent.
     pub services: BTreeMap<String, ServiceCount>,
     pub upload_windows_hist: Vec<u64>,
 }
@@ -568,7 +631,8 @@ impl PeerView {
         }
     }
 
-    /// Back to `new(app)`, keeping the buffers.
+    /// Back to `new(app)`, keeping the buffers and the service names (at
+    /// zero).
     pub fn reset(&mut self, app: &str) {
         self.app.clear();
         self.app.push_str(app);
@@ -587,7 +651,11 @@ impl PeerView {
             h.clear();
             h.resize(n, 0);
         }
-        self.services.clear();
+        // The names stay, at zero: a reused view does not allocate them
+        // again. A name at zero counts as absent wherever a view is read.
+        for c in self.services.values_mut() {
+            *c = ServiceCount::default();
+        }
     }
 
     /// Adds one day of peer statistics: the sum of one or two sources, less
@@ -917,7 +985,7 @@ mod tests {
             after.upload_windows += grow.4;
             let mut changes = Vec::new();
             for (name, up) in &svc {
-                let was = before.services.get(*name).copied();
+                let was = before.services.get(name).copied();
                 let uploaded = was.unwrap_or(false) || *up;
                 let now = Some(uploaded);
                 if was != now {
@@ -990,7 +1058,18 @@ mod tests {
             for (d, (plus, minus, own)) in days.iter().enumerate() {
                 direct.add_day(today, d as i64, (&plus[0], plus.get(1)), minus.as_ref(), own.as_ref());
             }
-            prop_assert_eq!(direct, view_the_long_way(today, &days));
+            prop_assert_eq!(&direct, &view_the_long_way(today, &days));
+            // A view used before and reset (as the engine reuses one) gives
+            // the same view, its names at zero aside.
+            let mut reused = direct.clone();
+            reused.services.insert("zzz-unused".into(), ServiceCount { hosts: 3, upload_hosts: 1 });
+            reused.reset("app");
+            prop_assert!(reused.services.values().all(|c| *c == ServiceCount::default()));
+            for (d, (plus, minus, own)) in days.iter().enumerate() {
+                reused.add_day(today, d as i64, (&plus[0], plus.get(1)), minus.as_ref(), own.as_ref());
+            }
+            reused.services.retain(|_, c| c.hosts != 0 || c.upload_hosts != 0);
+            prop_assert_eq!(reused, direct);
         }
     }
 

@@ -1203,7 +1203,7 @@ impl Engine {
             entry.out_total = entry.out_total.saturating_add(n.bytes_out);
             let new_service = !entry.services.contains_key(service.as_ref());
             if new_service {
-                entry.services.insert(service.to_string(), false);
+                entry.services.insert(service.clone(), false);
             }
             let change = [ServiceChange {
                 service,
@@ -1694,7 +1694,7 @@ fn fold_window(
         if d.out >= upload_bytes {
             let was = match entry.services.get_mut(d.service.as_ref()) {
                 Some(v) => Some(std::mem::replace(v, true)),
-                None => entry.services.insert(d.service.to_string(), true),
+                None => entry.services.insert(d.service.clone(), true),
             };
             if was != Some(true) && !services.iter().any(|s| s.service == d.service.as_ref()) {
                 services.push(ServiceChange {
