@@ -135,11 +135,18 @@ struct Part {
     bytes: u64,
 }
 
-/// What an engine tells the main thread after each chunk.
+/// What an engine tells the main thread after each `DONE_CHUNKS` chunks
+/// (and after its last): the alerts of those chunks, with the chunk of
+/// each. One message per chunk cost each engine a wake-up of the main
+/// thread per chunk.
+#[derive(Default)]
 struct ChunkDone {
-    alerts: Vec<Alert>,
+    alerts: Vec<(u64, Alert)>,
     bytes: u64,
 }
+
+/// Chunks an engine reports on at once.
+const DONE_CHUNKS: u64 = 32;
 
 #[derive(Default)]
 struct ParseTally {
@@ -236,32 +243,39 @@ pub fn run_sharded(
             })
             .collect();
         drop((recycle_tx, spent_tx));
-        // Alerts in chunk order, then engine order.
+        // Alerts in chunk order, then engine order. Every engine reports on
+        // the same chunks at once (each sees every chunk).
         let mut bytes = 0u64;
-        'chunks: loop {
-            for rx in &done_rx {
+        let mut batch: Vec<(u64, usize, Alert)> = Vec::new();
+        let mut emit = |batch: &mut Vec<(u64, usize, Alert)>| -> io::Result<()> {
+            // Stable: engine order within a chunk.
+            batch.sort_by_key(|(c, w, _)| (*c, *w));
+            for (_, _, a) in batch.drain(..) {
+                s.alerts += 1;
+                on_alert(&a)?;
+            }
+            Ok(())
+        };
+        'batches: loop {
+            for (w, rx) in done_rx.iter().enumerate() {
                 match rx.recv() {
                     Ok(d) => {
                         bytes += d.bytes;
-                        for a in &d.alerts {
-                            s.alerts += 1;
-                            on_alert(a)?;
-                        }
+                        batch.extend(d.alerts.into_iter().map(|(c, a)| (c, w, a)));
                     }
-                    Err(_) => break 'chunks,
+                    Err(_) => break 'batches,
                 }
             }
+            emit(&mut batch)?;
             on_progress(bytes);
         }
-        // What the other engines sent for the last chunk, if anything.
-        for rx in &done_rx {
+        // What the other engines sent for the last chunks, if anything.
+        for (w, rx) in done_rx.iter().enumerate() {
             while let Ok(d) = rx.recv() {
-                for a in &d.alerts {
-                    s.alerts += 1;
-                    on_alert(a)?;
-                }
+                batch.extend(d.alerts.into_iter().map(|(c, a)| (c, w, a)));
             }
         }
+        emit(&mut batch)?;
         drop(done_rx);
         s.lines = splitter
             .join()
@@ -544,6 +558,7 @@ fn run_engine(
     // Idle hosts are looked for every IDLE_LINES lines, whatever the chunk
     // size (the look visits every host).
     let idle_chunks = (IDLE_LINES / opts.chunk_lines).max(1) as u64;
+    let mut report = ChunkDone::default();
     for c in 0u64.. {
         // A closed channel is the end.
         let Ok(part) = parts.recv() else {
@@ -592,7 +607,9 @@ fn run_engine(
         {
             let _ = back.chunks.try_send(block);
         }
-        if done.send(ChunkDone { alerts, bytes }).is_err() {
+        report.alerts.extend(alerts.into_iter().map(|a| (c, a)));
+        report.bytes += bytes;
+        if (c + 1) % DONE_CHUNKS == 0 && done.send(std::mem::take(&mut report)).is_err() {
             break;
         }
         if (c + 1) % exchange_chunks == 0 {
@@ -614,6 +631,9 @@ fn run_engine(
             ));
         }
     }
+    // The last chunks' report (every engine sends one, maybe empty, so the
+    // main thread's rounds stay in step).
+    let _ = done.send(report);
     drop(done);
     engine.flush();
     let flushed = engine.drain_alerts();
