@@ -50,6 +50,9 @@ const BLOCK: usize = 2 << 20;
 const IDLE_LINES: usize = 4096;
 /// Messages in flight per channel: bounds memory.
 const IN_FLIGHT: usize = 4;
+/// Chunk parts the splitter sends an engine at once (each message may cost
+/// a wake-up on both sides).
+const PARTS_PER_MESSAGE: usize = 4;
 /// Lines an engine parses before ingesting them together.
 const PARSE_GROUP: usize = 16;
 /// Rejected-line examples kept.
@@ -186,7 +189,7 @@ pub fn run_sharded(
     );
     // Splitter → engine w.
     let (to_engine, from_splitter): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| sync_channel::<Part>(IN_FLIGHT)).unzip();
+        (0..n).map(|_| sync_channel::<Vec<Part>>(IN_FLIGHT)).unzip();
     // Engine v → engine w, for baseline exchanges: peer[v][w].
     let mut peer_tx: Vec<Vec<Option<SyncSender<Partials>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
@@ -225,6 +228,8 @@ pub fn run_sharded(
                     }
                 },
             };
+            // What is read goes on even after a read error.
+            out.flush();
             // Returning drops the senders: the engines learn the input ended.
             read.context("reading input")
         });
@@ -325,7 +330,9 @@ pub fn run_sharded(
 /// (they count from the chunk's start).
 struct Splitter<'a> {
     router: Router,
-    to: &'a [SyncSender<Part>],
+    to: &'a [SyncSender<Vec<Part>>],
+    /// Parts not sent yet, per engine.
+    outbox: Vec<Vec<Part>>,
     /// Line lists the engines are done with.
     spent: Receiver<Vec<LineRef>>,
     pool: Vec<Vec<LineRef>>,
@@ -340,10 +347,15 @@ struct Splitter<'a> {
 }
 
 impl<'a> Splitter<'a> {
-    fn new(to: &'a [SyncSender<Part>], spent: Receiver<Vec<LineRef>>, chunk_lines: usize) -> Self {
+    fn new(
+        to: &'a [SyncSender<Vec<Part>>],
+        spent: Receiver<Vec<LineRef>>,
+        chunk_lines: usize,
+    ) -> Self {
         Splitter {
             router: Router::new(),
             to,
+            outbox: (0..to.len()).map(|_| Vec::new()).collect(),
             spent,
             pool: Vec::new(),
             chunk_lines: chunk_lines as u64,
@@ -417,15 +429,27 @@ impl<'a> Splitter<'a> {
             }
         }
         let bytes = (end - start) as u64;
-        for (w, tx) in self.to.iter().enumerate() {
+        for w in 0..self.to.len() {
             let lines = std::mem::replace(&mut self.parts[w], self.pool.pop().unwrap_or_default());
-            let part = Part {
+            self.outbox[w].push(Part {
                 chunk: chunk.clone(),
                 lines,
                 // Counted once, for progress.
                 bytes: if w == 0 { bytes } else { 0 },
-            };
-            tx.send(part).ok()?;
+            });
+        }
+        if self.outbox[0].len() == PARTS_PER_MESSAGE {
+            self.flush()?;
+        }
+        Some(())
+    }
+
+    /// Sends the parts not sent yet; `None` once the engines are gone.
+    fn flush(&mut self) -> Option<()> {
+        for (tx, parts) in self.to.iter().zip(&mut self.outbox) {
+            if !parts.is_empty() {
+                tx.send(std::mem::take(parts)).ok()?;
+            }
         }
         Some(())
     }
@@ -546,7 +570,7 @@ fn run_engine(
     n: usize,
     opts: ShardOptions,
     mut engine: Engine,
-    parts: Receiver<Part>,
+    parts: Receiver<Vec<Part>>,
     back: Recycle,
     to: Vec<Option<SyncSender<Partials>>>,
     from: Vec<Option<Receiver<Partials>>>,
@@ -559,11 +583,8 @@ fn run_engine(
     // size (the look visits every host).
     let idle_chunks = (IDLE_LINES / opts.chunk_lines).max(1) as u64;
     let mut report = ChunkDone::default();
-    for c in 0u64.. {
-        // A closed channel is the end.
-        let Ok(part) = parts.recv() else {
-            break;
-        };
+    // A closed channel is the end.
+    for (c, part) in (0u64..).zip(parts.iter().flatten()) {
         let data = part.chunk.data();
         // Lines are parsed a group at a time and the group ingested at once:
         // the engine asks for the memory of a group's records before
@@ -772,21 +793,24 @@ mod tests {
         chunk_lines: usize,
         split: impl FnOnce(&mut Splitter<'_>) -> io::Result<u64> + Send,
     ) -> (Split, u64) {
-        let (tx, rx): (Vec<_>, Vec<_>) = (0..n).map(|_| sync_channel::<Part>(4)).unzip();
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..n).map(|_| sync_channel::<Vec<Part>>(4)).unzip();
         std::thread::scope(|scope| {
             let h = scope.spawn(move || {
                 let (_spent, spent_rx) = sync_channel(4);
                 let mut out = Splitter::new(&tx, spent_rx, chunk_lines);
-                split(&mut out).unwrap()
+                let read = split(&mut out).unwrap();
+                out.flush();
+                read
             });
             let mut got = Split::new();
             // Chunks stay alive, so no two blocks share an address.
             let mut keep = Vec::new();
+            let mut rx: Vec<_> = rx.iter().map(|r| r.iter().flatten()).collect();
             'chunks: loop {
                 let mut chunk: Option<Arc<RawChunk>> = None;
                 let mut lines = Vec::new();
-                for r in &rx {
-                    let Ok(p) = r.recv() else {
+                for r in &mut rx {
+                    let Some(p) = r.next() else {
                         assert!(lines.is_empty(), "every engine gets every chunk");
                         break 'chunks;
                     };
