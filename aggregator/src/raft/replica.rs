@@ -373,7 +373,10 @@ impl<D: Disk> Replica<D> {
                 p.snapshot.get_metadata().index,
             )
         });
-        let conf = r.prs().conf().to_conf_state();
+        let mut conf = r.prs().conf().to_conf_state();
+        // raft-rs lists them from a hash set: in id order for the API.
+        conf.voters.sort_unstable();
+        conf.learners.sort_unstable();
         ReplicaStatus {
             id: self.cfg.id,
             role: role_name(r.state),
