@@ -1053,6 +1053,8 @@ mod tests {
                 None,
             ),
         ];
+        // A valid line with host `h`, and `sni` if given.
+        let plain = |sni| net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], sni);
         let declined = [
             // Not in the fast path's shape, or not valid: the general path decides.
             net_json(ts, r#""""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None),
@@ -1116,33 +1118,14 @@ mod tests {
                 ["1", "1", "1"],
                 Some("7"),
             ),
-            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None) + " ",
-            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None) + "}",
-            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None)
-                .replace("}", ",\"proto\":\"udp\"}"),
-            net_json(
-                ts,
-                r#""h""#,
-                "1",
-                r#""1.2.3.4""#,
-                ["1", "1", "1"],
-                Some(r#""s""#),
-            )
-            .replace("}", ",\"domain\":\"d.example\"}"),
-            net_json(
-                ts,
-                r#""h""#,
-                "1",
-                r#""1.2.3.4""#,
-                ["1", "1", "1"],
-                Some(r#""s""#),
-            )
-            .replace("}", ",\"sni\":\"t\"}"),
-            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None)
-                .replace("\"pid\":1,", ""),
-            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None)
-                .replace(":\"net\"", ":\"Net\""),
-            net_json(ts, r#""h""#, "1", r#""1.2.3.4""#, ["1", "1", "1"], None).replace(",", " ,"),
+            plain(None) + " ",
+            plain(None) + "}",
+            plain(None).replace("}", ",\"proto\":\"udp\"}"),
+            plain(Some(r#""s""#)).replace("}", ",\"domain\":\"d.example\"}"),
+            plain(Some(r#""s""#)).replace("}", ",\"sni\":\"t\"}"),
+            plain(None).replace("\"pid\":1,", ""),
+            plain(None).replace(":\"net\"", ":\"Net\""),
+            plain(None).replace(",", " ,"),
         ];
         for line in fast.iter().chain(&declined) {
             assert_eq!(
