@@ -107,19 +107,14 @@ impl<'a> NetView<'a> {
         }
     }
 
-    /// The same view, borrowing from this one.
+    /// The same view, borrowing from this one (its strings; the rest is
+    /// copied).
     pub fn reborrow(&self) -> NetView<'_> {
         NetView {
-            ts: self.ts,
             host: Cow::Borrowed(&self.host),
-            pid: self.pid,
-            proto: self.proto,
-            dst_ip: self.dst_ip,
-            dst_port: self.dst_port,
-            bytes_out: self.bytes_out,
-            bytes_in: self.bytes_in,
             sni: self.sni.as_deref().map(Cow::Borrowed),
             domain: self.domain.as_deref().map(Cow::Borrowed),
+            ..*self
         }
     }
 
